@@ -1,0 +1,242 @@
+"""The DeconvNet of Zeiler & Fergus: map activations back to pixel space.
+
+    deconv = DeconvNet(model)
+    proj = deconv.project(images, layer="conv5", channel=42)            # N x 3 x H x W
+
+To look at one activation, every other activation of its layer is set to zero and the kept one
+(seeded with its own value) goes down: unpool with the switches recorded in the forward pass,
+rectify with ReLU, filter with the transposed filters. See `convscope.core.rules` for each
+operation's rule and the normalization policy.
+
+The forward pass runs once per batch of images and stops at the target layer; all requested
+projections then go down together, many rows at a time, each row only inside its receptive
+field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from convscope.core.layers import LayerRef, resolve_layer
+from convscope.core.rules import NORM_POLICIES, Context, rule_for
+from convscope.core.signal import Signal, materialize
+from convscope.core.tape import Recording, Ref, record
+from convscope.errors import ConvscopeError
+
+MODES = ("max", "map")
+
+
+@dataclass
+class Projections:
+    """Projections of T activations, each kept as the window where it can be non-zero.
+
+    `windows[t]` sits at `offsets[t]` = (y, x) in the `image_size` input; outside the window
+    the projection is exactly zero. `full()` gives T x 3 x H x W.
+    """
+
+    windows: Tensor  # T x 3 x h x w
+    offsets: Tensor  # T x 2
+    image_size: tuple[int, int]
+
+    def full(self) -> Tensor:
+        return materialize(Signal(self.windows, self.offsets, self.image_size))
+
+
+@dataclass(frozen=True)
+class Targets:
+    """T activations of one layer: which image, which channel, where (y, x; -1 for a whole
+    feature map or a unit without spatial extent), and the value to seed it with."""
+
+    image: Tensor
+    channel: Tensor
+    y: Tensor
+    x: Tensor
+    value: Tensor
+
+
+class DeconvNet:
+    """Zeiler & Fergus's deconvnet attached to any PyTorch CNN.
+
+    norm: "identity" (default; the paper's deconvnet passes contrast normalization through)
+        or "jacobian" (the true Jacobian of local response norm and BatchNorm, as Captum).
+    rows: how many projections go down at once (bounds memory, not results).
+    """
+
+    def __init__(self, model: nn.Module, norm: str = "identity", rows: int = 64) -> None:
+        if norm not in NORM_POLICIES:
+            raise ConvscopeError(f"unknown norm policy {norm!r}; use one of {NORM_POLICIES}")
+        self.model = model
+        self.norm = norm
+        self.rows = rows
+
+    def layer(self, layer: str | LayerRef) -> LayerRef:
+        return layer if isinstance(layer, LayerRef) else resolve_layer(self.model, layer)
+
+    def record(self, images: Tensor, layer: str | LayerRef) -> Recording:
+        """Forward `images` up to `layer`, keeping what the way down needs."""
+        _check_images(images)
+        return record(self.model, images, self.layer(layer))
+
+    def project(
+        self,
+        images: Tensor,
+        layer: str | LayerRef,
+        channel: int | Sequence[int],
+        position: tuple[int, int] | None = None,
+        mode: str = "max",
+    ) -> Tensor:
+        """Pixel-space projection of one activation (or feature map) per image and channel.
+
+        mode="max": the strongest activation of the feature map in each image;
+        position=(y, x): that activation; mode="map": the whole feature map.
+        Returns N x 3 x H x W for one channel, N x K x 3 x H x W for a list of K.
+        """
+        if mode not in MODES:
+            raise ConvscopeError(f"unknown mode {mode!r}; use one of {MODES}")
+        rec = self.record(images, layer)
+        channels = [channel] if isinstance(channel, int) else list(channel)
+        targets = select(rec.activation, channels, position=position, mode=mode)
+        out = self.project_targets(rec, targets).full()
+        N = images.shape[0]
+        out = out.view(N, len(channels), *out.shape[1:])
+        return out[:, 0] if isinstance(channel, int) else out
+
+    def project_targets(self, rec: Recording, targets: Targets) -> Projections:
+        """Project T activations of the recorded layer, `self.rows` at a time."""
+        H, W = rec.tape.input_shape[-2:]
+        windows, offsets = [], []
+        for start in range(0, len(targets.image), self.rows):
+            part = slice(start, start + self.rows)
+            seed = _seed(rec.activation, targets, part)
+            owner = targets.image[part]
+            with torch.no_grad():
+                sig = descend(rec, seed, owner, self.norm)
+            windows.append(sig.data)
+            assert sig.off is not None
+            offsets.append(sig.off)
+        if not windows:
+            return Projections(torch.zeros(0, 3, 1, 1), torch.zeros(0, 2, dtype=torch.long), (H, W))
+        # Chunks can end with windows of different sizes; bring them to the largest.
+        size = tuple(max(w.shape[-2 + i] for w in windows) for i in range(2))
+        if any(w.shape[-2:] != size for w in windows):
+            windows, offsets = _same_size(windows, offsets, size, (H, W))
+        return Projections(torch.cat(windows), torch.cat(offsets), (int(H), int(W)))
+
+
+def select(
+    activation: Tensor,
+    channels: Sequence[int],
+    position: tuple[int, int] | None = None,
+    mode: str = "max",
+) -> Targets:
+    """Targets for each image x channel (image-major), validating channel and position."""
+    N, C = activation.shape[:2]
+    for c in channels:
+        if not 0 <= int(c) < C:
+            raise ConvscopeError(f"channel {c} is out of range: the layer has {C} channels (0..{C - 1})")
+    image = torch.arange(N).repeat_interleave(len(channels))
+    channel = torch.tensor(list(channels), dtype=torch.long).repeat(N)
+    if activation.dim() == 2:
+        value = activation[image, channel]
+        minus = torch.full_like(image, -1)
+        return Targets(image, channel, minus, minus, value)
+    if activation.dim() != 4:
+        raise ConvscopeError(f"cannot project a layer whose output has shape {tuple(activation.shape)}")
+    h, w = activation.shape[-2:]
+    maps = activation[image, channel]  # T x h x w
+    if position is not None:
+        y, x = position
+        if not (0 <= y < h and 0 <= x < w):
+            raise ConvscopeError(f"position {y},{x} is outside the {h}x{w} feature map")
+        ys = torch.full_like(image, y)
+        xs = torch.full_like(image, x)
+    elif mode == "map":
+        minus = torch.full_like(image, -1)
+        return Targets(image, channel, minus, minus, torch.zeros(len(image)))
+    else:
+        flat = maps.flatten(1).argmax(1)
+        ys, xs = flat // w, flat % w
+    value = maps[torch.arange(len(image)), ys, xs]
+    return Targets(image, channel, ys, xs, value)
+
+
+def _seed(activation: Tensor, t: Targets, part: slice) -> Signal:
+    image, channel, ys, xs = t.image[part], t.channel[part], t.y[part], t.x[part]
+    B = len(image)
+    rows = torch.arange(B)
+    if activation.dim() == 2:
+        data = activation.new_zeros(B, activation.shape[1])
+        data[rows, channel] = t.value[part].to(data.dtype)
+        return Signal(data)
+    C, h, w = activation.shape[1:]
+    if bool((ys < 0).all()):  # whole feature maps
+        data = activation.new_zeros(B, C, h, w)
+        data[rows, channel] = activation[image, channel]
+        return Signal.of(data)
+    if bool((ys < 0).any()):
+        raise ConvscopeError("targets mix whole feature maps and single activations")
+    data = activation.new_zeros(B, C, 1, 1)
+    data[rows, channel, 0, 0] = t.value[part].to(data.dtype)
+    return Signal(data, torch.stack([ys, xs], 1), (h, w))
+
+
+def descend(rec: Recording, seed: Signal, owner: Tensor, norm: str) -> Signal:
+    """Walk the tape from the recorded layer down to the input."""
+    tape = rec.tape
+    ctx = Context(tape, owner, norm)
+    signals: dict[Ref, Signal] = {rec.target: seed}
+    for i in range(rec.target.node, 0, -1):
+        node = tape.nodes[i]
+        outs = [signals.pop(Ref(i, j), None) for j in range(len(node.out_shapes))]
+        live = [s for s in outs if s is not None]
+        if not live:
+            continue
+        if len(live) > 1 or outs[0] is None:
+            raise rule_for_multi(node)
+        for ref, s in rule_for(node)(node, live[0], ctx).items():
+            prev = signals.get(ref)
+            signals[ref] = s if prev is None else _add(prev, s)
+    result = signals.get(Ref(0))
+    if result is None:  # nothing reached the input: the projection is zero
+        n = len(owner)
+        result = Signal.of(torch.zeros(n, *tape.input_shape[1:]))
+    if result.off is None:
+        result = Signal.of(result.data)
+    return result
+
+
+def rule_for_multi(node):  # noqa: ANN001, ANN201 - an error, kept beside its one caller
+    from convscope.core.rules import unsupported
+
+    return unsupported(node, "an operation with several outputs used below the target")
+
+
+def _add(a: Signal, b: Signal) -> Signal:
+    from convscope.core.signal import accumulate
+
+    return accumulate(a, b)
+
+
+def _same_size(windows, offsets, size, hw):  # noqa: ANN001, ANN202
+    from convscope.core.signal import fit, reframe
+
+    out_w, out_o = [], []
+    for w, o in zip(windows, offsets):
+        sig = fit(Signal(w, o, hw))
+        top = torch.tensor([hw[0] - size[0], hw[1] - size[1]])
+        off = torch.maximum(torch.minimum(sig.off, top), torch.zeros_like(sig.off))
+        out_w.append(reframe(sig, off, size))
+        out_o.append(off)
+    return out_w, out_o
+
+
+def _check_images(images: Tensor) -> None:
+    if not isinstance(images, Tensor) or images.dim() != 4:
+        shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+        raise ConvscopeError(f"images must be a batch tensor N x C x H x W, got {shape}")
+    if not images.is_floating_point():
+        raise ConvscopeError("images must be a float tensor, preprocessed as the model expects")

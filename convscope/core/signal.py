@@ -1,0 +1,112 @@
+"""The signal going down the network, kept only where it can be non-zero.
+
+A projection starts from one activation, so at every layer below it the signal is zero outside
+that unit's receptive field. A `Signal` on a feature map holds a fixed-size window per row
+(B x C x h x w) and each row's top-left corner in map coordinates; a transposed convolution or
+an unpooling grows the window by exactly the layer's reach, and `fit` keeps it inside the map.
+Working on windows instead of whole maps is exact and is where most of the speed comes from.
+Rows can belong to different images and sit at different places; an operation with no window
+rule first `materialize`s the whole map.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Signal:
+    data: Tensor  # B x C x h x w for a feature map; B x ... otherwise
+    off: Tensor | None = None  # B x 2 (y, x) of each row's window in the map; None: not a map
+    hw: tuple[int, int] | None = None  # the whole map's height and width
+
+    @classmethod
+    def of(cls, data: Tensor) -> Signal:
+        """A whole tensor; four-dimensional ones become a window that covers the map."""
+        if data.dim() != 4:
+            return cls(data)
+        off = torch.zeros(data.shape[0], 2, dtype=torch.long, device=data.device)
+        return cls(data, off, (data.shape[2], data.shape[3]))
+
+    @property
+    def is_map(self) -> bool:
+        return self.off is not None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return (self.data.shape[-2], self.data.shape[-1])
+
+    def with_data(self, data: Tensor) -> Signal:
+        return Signal(data, self.off, self.hw)
+
+
+def reframe(sig: Signal, off: Tensor, size: tuple[int, int]) -> Tensor:
+    """`sig`'s values in the window of `size` at `off` per row; zero where `sig` has none."""
+    assert sig.off is not None
+    data = sig.data
+    B, C, h, w = data.shape
+    nh, nw = size
+    delta = off - sig.off  # new-frame index i reads old-frame index i + delta
+    if bool((delta == delta[:1]).all()):
+        # The same shift for every row: a slice and a pad, no gather.
+        dy, dx = int(delta[0, 0]), int(delta[0, 1])
+        y0, y1 = max(dy, 0), min(dy + nh, h)
+        x0, x1 = max(dx, 0), min(dx + nw, w)
+        if y0 >= y1 or x0 >= x1:
+            return data.new_zeros(B, C, nh, nw)
+        if (y0, y1, x0, x1) == (dy, dy + nh, dx, dx + nw):
+            return data[:, :, y0:y1, x0:x1]
+        out = data.new_zeros(B, C, nh, nw)
+        out[:, :, y0 - dy : y1 - dy, x0 - dx : x1 - dx] = data[:, :, y0:y1, x0:x1]
+        return out
+    ar_y = torch.arange(nh, device=data.device)
+    ar_x = torch.arange(nw, device=data.device)
+    iy = ar_y[None] + delta[:, :1]  # B x nh
+    ix = ar_x[None] + delta[:, 1:]  # B x nw
+    valid = ((iy >= 0) & (iy < h))[:, :, None] & ((ix >= 0) & (ix < w))[:, None, :]
+    rows = torch.arange(B, device=data.device)[:, None, None]
+    out = data[rows, :, iy.clamp(0, h - 1)[:, :, None], ix.clamp(0, w - 1)[:, None, :]]
+    return out.permute(0, 3, 1, 2) * valid[:, None].to(data.dtype)
+
+
+def fit(sig: Signal) -> Signal:
+    """Clip each row's window to the map, keeping one size for all rows."""
+    assert sig.off is not None and sig.hw is not None
+    (H, W), (h, w) = sig.hw, sig.size
+    nh, nw = min(h, H), min(w, W)
+    lo = torch.zeros_like(sig.off)
+    hi = torch.tensor([H - nh, W - nw], device=sig.off.device)
+    off = torch.maximum(torch.minimum(sig.off, hi), lo)
+    if (nh, nw) == (h, w) and bool((off == sig.off).all()):
+        return sig
+    return Signal(reframe(sig, off, (nh, nw)), off, sig.hw)
+
+
+def materialize(sig: Signal) -> Tensor:
+    """The whole map (B x C x H x W), or the data itself when it is not a map."""
+    if sig.off is None:
+        return sig.data
+    assert sig.hw is not None
+    if sig.size == sig.hw and not bool(sig.off.any()):
+        return sig.data
+    return reframe(sig, torch.zeros_like(sig.off), sig.hw)
+
+
+def accumulate(a: Signal, b: Signal) -> Signal:
+    """a + b, on the smallest window (per row, then the largest over rows) that holds both."""
+    if a.off is None or b.off is None:
+        return Signal.of(materialize(a) + materialize(b))
+    assert a.hw == b.hw and a.hw is not None
+    sa = torch.tensor(a.size, device=a.off.device)
+    sb = torch.tensor(b.size, device=b.off.device)
+    lo = torch.minimum(a.off, b.off)
+    hi = torch.maximum(a.off + sa, b.off + sb)
+    span = (hi - lo).amax(0)
+    H, W = a.hw
+    size = (min(int(span[0]), H), min(int(span[1]), W))
+    top = torch.tensor([H - size[0], W - size[1]], device=lo.device)
+    off = torch.maximum(torch.minimum(lo, top), torch.zeros_like(lo))
+    return Signal(reframe(a, off, size) + reframe(b, off, size), off, a.hw)

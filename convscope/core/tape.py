@@ -1,0 +1,259 @@
+"""Record a forward pass as a list of tensor operations: the "tape" the DeconvNet walks down.
+
+Recording happens at the level of torch functions (a `TorchFunctionMode`), not module hooks,
+because module hooks miss functional activations (`F.relu`, `torch.relu_`), cannot tell the
+calls of a module used twice apart, and see in-place ReLUs only after they have overwritten
+their input. Every call whose arguments include a tracked tensor becomes a `Node`; max
+pooling is run with `return_indices=True` so its switches are kept.
+
+The forward runs under `torch.no_grad()`: the downward pass does not use autograd.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+
+from convscope.core.layers import LayerRef
+from convscope.errors import ConvscopeError, LayerNotFoundError
+
+
+@dataclass(frozen=True)
+class Ref:
+    """Output `out` of node `node`; node 0 is the model's input."""
+
+    node: int
+    out: int = 0
+
+
+@dataclass
+class Node:
+    name: str  # the torch function's name, e.g. "conv2d", "relu_", "__add__"
+    func: Callable[..., Any]
+    args: tuple[Any, ...]  # tracked tensors replaced by their Ref
+    kwargs: dict[str, Any]
+    out_shapes: list[torch.Size | None]
+    module: str  # innermost module running when the call was made ("" for the top)
+    module_type: str
+    saved: dict[str, Tensor] = field(default_factory=dict)
+
+    def refs(self) -> Iterator[Ref]:
+        yield from _refs_in(self.args)
+        yield from _refs_in(tuple(self.kwargs.values()))
+
+
+def _refs_in(values: tuple[Any, ...]) -> Iterator[Ref]:
+    for v in values:
+        if isinstance(v, Ref):
+            yield v
+        elif isinstance(v, (list, tuple)):
+            yield from _refs_in(tuple(v))
+
+
+@dataclass
+class Tape:
+    nodes: list[Node]
+    input_shape: torch.Size
+    # id(tensor) -> (ref, tensor); the tensor is held so that its id is not reused.
+    _live: dict[int, tuple[Ref, Tensor]] = field(default_factory=dict, repr=False)
+
+    def lookup(self, t: Tensor) -> Ref | None:
+        hit = self._live.get(id(t))
+        return hit[0] if hit is not None and hit[1] is t else None
+
+    def track(self, t: Tensor, ref: Ref) -> None:
+        self._live[id(t)] = (ref, t)
+
+    def shape(self, ref: Ref) -> torch.Size:
+        if ref.node == 0:
+            return self.input_shape
+        shape = self.nodes[ref.node].out_shapes[ref.out]
+        assert shape is not None
+        return shape
+
+    def release(self) -> None:
+        """Drop the activations held for tracking; the nodes keep what the descent needs."""
+        self._live.clear()
+
+
+_MAX_POOL = {"max_pool2d", "_max_pool2d", "max_pool2d_with_indices"}
+_ADAPTIVE_MAX_POOL = {
+    "adaptive_max_pool2d",
+    "_adaptive_max_pool2d",
+    "adaptive_max_pool2d_with_indices",
+}
+_POOL_PARAMS = ("input", "kernel_size", "stride", "padding", "dilation", "ceil_mode")
+# Cheap queries that never produce a tensor: skip them without looking at their arguments.
+_QUERIES = {"size", "dim", "__get__", "numel", "is_contiguous", "__len__", "__format__"}
+
+
+def pool_params(node_or_args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """kernel_size, stride, padding, dilation, ceil_mode of a max-pool call, as pairs."""
+    bound = dict(zip(_POOL_PARAMS, node_or_args))
+    bound.update({k: v for k, v in kwargs.items() if k in _POOL_PARAMS})
+    k = _pair(bound["kernel_size"])
+    s = bound.get("stride")
+    s = k if s is None or (isinstance(s, (list, tuple)) and len(s) == 0) else _pair(s)
+    return {
+        "kernel_size": k,
+        "stride": s,
+        "padding": _pair(bound.get("padding", 0)),
+        "dilation": _pair(bound.get("dilation", 1)),
+        "ceil_mode": bool(bound.get("ceil_mode", False)),
+    }
+
+
+def _pair(v: Any) -> tuple[int, int]:
+    if isinstance(v, (list, tuple)):
+        return (int(v[0]), int(v[-1]))
+    return (int(v), int(v))
+
+
+def _wants_indices(name: str, kwargs: dict[str, Any], args: tuple[Any, ...]) -> bool:
+    if name.endswith("_with_indices"):
+        return True
+    if "return_indices" in kwargs:
+        return bool(kwargs["return_indices"])
+    return len(args) > 6 and bool(args[6])
+
+
+class _Recorder(TorchFunctionMode):
+    def __init__(self, tape: Tape, modules: list[tuple[str, str]]) -> None:
+        super().__init__()
+        self.tape = tape
+        self.modules = modules
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        if name in _QUERIES:
+            return func(*args, **kwargs)
+        sargs, skwargs = self._substitute(args), {k: self._substitute(v) for k, v in kwargs.items()}
+        node = Node(name, func, sargs, skwargs, [], *self._where())
+        if next(node.refs(), None) is None:
+            return func(*args, **kwargs)
+        if name in _MAX_POOL or name == "max_pool2d":
+            p = pool_params(args, kwargs)
+            out, idx = F.max_pool2d(args[0], **p, return_indices=True)
+            node.saved["indices"] = idx
+            result = (out, idx) if _wants_indices(name, kwargs, args) else out
+        elif name in _ADAPTIVE_MAX_POOL:
+            size = args[1] if len(args) > 1 else kwargs["output_size"]
+            out, idx = F.adaptive_max_pool2d(args[0], size, return_indices=True)
+            node.saved["indices"] = idx
+            wants = name.endswith("_with_indices") or kwargs.get("return_indices", False)
+            result = (out, idx) if wants or (len(args) > 2 and args[2]) else out
+        else:
+            if name == "local_response_norm":
+                node.saved["input"] = args[0].clone()  # for the Jacobian policy
+            result = func(*args, **kwargs)
+        outs = list(result) if isinstance(result, (tuple, list)) else [result]
+        if not any(isinstance(o, Tensor) for o in outs):
+            return result
+        node.out_shapes = [o.shape if isinstance(o, Tensor) else None for o in outs]
+        self.tape.nodes.append(node)
+        index = len(self.tape.nodes) - 1
+        for j, o in enumerate(outs):
+            if isinstance(o, Tensor):
+                self.tape.track(o, Ref(index, j))
+        return result
+
+    def _substitute(self, v: Any) -> Any:
+        if isinstance(v, Tensor):
+            ref = self.tape.lookup(v)
+            return ref if ref is not None else v
+        if isinstance(v, (list, tuple)) and any(isinstance(x, (Tensor, list, tuple)) for x in v):
+            return type(v)(self._substitute(x) for x in v)
+        return v
+
+    def _where(self) -> tuple[str, str]:
+        return self.modules[-1] if self.modules else ("", "")
+
+
+class _Stop(Exception):
+    def __init__(self, output: Tensor) -> None:
+        self.output = output
+
+
+@dataclass
+class Recording:
+    """A recorded forward pass up to (and including) one layer."""
+
+    tape: Tape
+    target: Ref
+    activation: Tensor  # the layer's output, N x C [x h x w]
+    layer: LayerRef
+
+
+@contextmanager
+def _hooks(model: nn.Module, stack: list[tuple[str, str]], target: LayerRef | None, calls: dict):
+    handles = []
+    for name, module in model.named_modules():
+        kind = type(module).__name__
+
+        def pre(mod, inputs, _name=name, _kind=kind):
+            stack.append((_name, _kind))
+
+        def post(mod, inputs, output, _name=name):
+            if stack and stack[-1][0] == _name:
+                stack.pop()
+            if target is not None and _name == target.module:
+                k = calls.get(_name, 0)
+                calls[_name] = k + 1
+                if k == target.call:
+                    raise _Stop(output)
+
+        handles.append(module.register_forward_pre_hook(pre))
+        handles.append(module.register_forward_hook(post))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def record(model: nn.Module, images: Tensor, layer: LayerRef) -> Recording:
+    """Run `model` on `images` up to `layer`, recording every operation on the way."""
+    if isinstance(model, torch.jit.ScriptModule):
+        raise ConvscopeError(
+            "a TorchScript model hides its operations, so the DeconvNet cannot walk it down; "
+            "pass the Python module (or package.module:factory) instead"
+        )
+    tape = Tape(nodes=[Node("input", lambda x: x, (), {}, [images.shape], "", "input")],
+                input_shape=images.shape)
+    images = images.detach()
+    tape.track(images, Ref(0))
+    stack: list[tuple[str, str]] = []
+    calls: dict[str, int] = {}
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), _hooks(model, stack, layer, calls), _Recorder(tape, stack):
+            model(images)
+    except _Stop as stop:
+        output = stop.output
+    else:
+        seen = calls.get(layer.module, 0)
+        raise LayerNotFoundError(
+            f"layer {layer} was not reached in the forward pass "
+            f"(module {layer.module!r} ran {seen} time(s))"
+        )
+    finally:
+        model.train(was_training)
+    if isinstance(output, (tuple, list)):
+        output = next((o for o in output if isinstance(o, Tensor)), None)
+    ref = tape.lookup(output) if isinstance(output, Tensor) else None
+    if ref is None:
+        raise ConvscopeError(
+            f"the output of layer {layer} does not come from operations convscope can follow"
+        )
+    tape.release()
+    return Recording(tape, ref, output, layer)
+
