@@ -3,4 +3,12 @@
 from convscope.core.deconv import DeconvNet, Projections, Targets, select
 from convscope.core.layers import LayerRef, layer_names, resolve_layer
 
-__all__ = ["DeconvNet", "LayerRef", "Projections", "Targets", "layer_names", "resolve_layer", "select"]
+__all__ = [
+    "DeconvNet",
+    "LayerRef",
+    "Projections",
+    "Targets",
+    "layer_names",
+    "resolve_layer",
+    "select",
+]

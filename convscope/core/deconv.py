@@ -137,7 +137,9 @@ def select(
     N, C = activation.shape[:2]
     for c in channels:
         if not 0 <= int(c) < C:
-            raise ConvscopeError(f"channel {c} is out of range: the layer has {C} channels (0..{C - 1})")
+            raise ConvscopeError(
+                f"channel {c} is out of range: the layer has {C} channels (0..{C - 1})"
+            )
     image = torch.arange(N).repeat_interleave(len(channels))
     channel = torch.tensor(list(channels), dtype=torch.long).repeat(N)
     if activation.dim() == 2:
@@ -145,7 +147,9 @@ def select(
         minus = torch.full_like(image, -1)
         return Targets(image, channel, minus, minus, value)
     if activation.dim() != 4:
-        raise ConvscopeError(f"cannot project a layer whose output has shape {tuple(activation.shape)}")
+        raise ConvscopeError(
+            f"cannot project a layer whose output has shape {tuple(activation.shape)}"
+        )
     h, w = activation.shape[-2:]
     maps = activation[image, channel]  # T x h x w
     if position is not None:
@@ -184,10 +188,10 @@ def _seed(activation: Tensor, t: Targets, part: slice) -> Signal:
     return Signal(data, torch.stack([ys, xs], 1), (h, w))
 
 
-def descend(rec: Recording, seed: Signal, owner: Tensor, norm: str) -> Signal:
+def descend(rec: Recording, seed: Signal, owner: Tensor, norm: str, *, clip: bool = True) -> Signal:
     """Walk the tape from the recorded layer down to the input."""
     tape = rec.tape
-    ctx = Context(tape, owner, norm)
+    ctx = Context(tape, owner, norm, clip)
     signals: dict[Ref, Signal] = {rec.target: seed}
     for i in range(rec.target.node, 0, -1):
         node = tape.nodes[i]
@@ -209,7 +213,7 @@ def descend(rec: Recording, seed: Signal, owner: Tensor, norm: str) -> Signal:
     return result
 
 
-def rule_for_multi(node):  # noqa: ANN001, ANN201 - an error, kept beside its one caller
+def rule_for_multi(node):
     from convscope.core.rules import unsupported
 
     return unsupported(node, "an operation with several outputs used below the target")
@@ -221,7 +225,7 @@ def _add(a: Signal, b: Signal) -> Signal:
     return accumulate(a, b)
 
 
-def _same_size(windows, offsets, size, hw):  # noqa: ANN001, ANN202
+def _same_size(windows, offsets, size, hw):
     from convscope.core.signal import fit, reframe
 
     out_w, out_o = [], []

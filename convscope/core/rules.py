@@ -40,6 +40,10 @@ class Context:
     tape: Tape
     owner: Tensor  # image index of each row of the signal
     norm: str
+    clip: bool = True  # False: let windows hang over the map (to measure receptive fields)
+
+    def fit(self, sig: Signal) -> Signal:
+        return fit(sig) if self.clip else sig
 
 
 Rule = Callable[[Node, Signal, Context], dict[Ref, Signal]]
@@ -100,7 +104,7 @@ def conv(node: Node, g: Signal, ctx: Context) -> dict[Ref, Signal]:
     y = F.conv_transpose2d(g.data, weight, stride=stride, dilation=dilation, groups=groups)
     assert g.off is not None
     off = g.off * torch.tensor(stride) - torch.tensor(padding)
-    return {x: fit(Signal(y, off, _in_hw(ctx, x)))}
+    return {x: ctx.fit(Signal(y, off, _in_hw(ctx, x)))}
 
 
 def unpool(node: Node, g: Signal, ctx: Context) -> dict[Ref, Signal]:
@@ -111,7 +115,10 @@ def unpool(node: Node, g: Signal, ctx: Context) -> dict[Ref, Signal]:
     if node.name in ("max_pool2d", "_max_pool2d", "max_pool2d_with_indices") and g.is_map:
         p = pool_params(node.args, node.kwargs)
         (sy, sx), (py, px), (dy, dx), (ky, kx) = (
-            p["stride"], p["padding"], p["dilation"], p["kernel_size"],
+            p["stride"],
+            p["padding"],
+            p["dilation"],
+            p["kernel_size"],
         )
     else:  # adaptive pooling: windows of uneven size, so work on the whole map
         g = Signal.of(materialize(g))
@@ -137,7 +144,7 @@ def unpool(node: Node, g: Signal, ctx: Context) -> dict[Ref, Signal]:
     )
     out = g.data.new_zeros(B, C, size[0] * size[1])
     out.scatter_add_(2, local.flatten(2), g.data.flatten(2))
-    return {x: fit(Signal(out.view(B, C, *size), off_in, (Hi, Wi)))}
+    return {x: ctx.fit(Signal(out.view(B, C, *size), off_in, (Hi, Wi)))}
 
 
 # --- normalization, by policy --------------------------------------------------------------
@@ -264,7 +271,7 @@ def pad(node: Node, g: Signal, ctx: Context) -> dict[Ref, Signal]:
     left, top = widths[0], (widths[2] if len(widths) == 4 else 0)
     assert g.off is not None
     off = g.off - torch.tensor([top, left])
-    return {x: fit(Signal(g.data, off, _in_hw(ctx, x)))}
+    return {x: ctx.fit(Signal(g.data, off, _in_hw(ctx, x)))}
 
 
 def linear(node: Node, g: Signal, ctx: Context) -> dict[Ref, Signal]:
@@ -321,27 +328,97 @@ RULES: dict[str, Rule] = {}
 for _rule, _group in (
     (rectify, _names("relu", "relu_", "relu6", "hardtanh", "hardtanh_")),
     (conv, _names("conv2d")),
-    (unpool, _names("max_pool2d", "_max_pool2d", "max_pool2d_with_indices",
-                    "adaptive_max_pool2d", "_adaptive_max_pool2d",
-                    "adaptive_max_pool2d_with_indices")),
+    (
+        unpool,
+        _names(
+            "max_pool2d",
+            "_max_pool2d",
+            "max_pool2d_with_indices",
+            "adaptive_max_pool2d",
+            "_adaptive_max_pool2d",
+            "adaptive_max_pool2d_with_indices",
+        ),
+    ),
     (batch_norm, _names("batch_norm")),
     (lrn, _names("local_response_norm")),
     (linear, _names("linear")),
-    (identity, _names("dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout",
-                      "feature_alpha_dropout", "contiguous", "clone", "to", "float",
-                      "type_as", "identity")),
+    (
+        identity,
+        _names(
+            "dropout",
+            "dropout1d",
+            "dropout2d",
+            "dropout3d",
+            "alpha_dropout",
+            "feature_alpha_dropout",
+            "contiguous",
+            "clone",
+            "to",
+            "float",
+            "type_as",
+            "identity",
+        ),
+    ),
     (reshape, _names("view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze")),
-    (add, _names("add", "__add__", "__radd__", "__iadd__", "add_",
-                 "sub", "__sub__", "__isub__", "sub_", "__rsub__", "rsub")),
-    (scale, _names("mul", "__mul__", "__rmul__", "__imul__", "mul_", "div", "__truediv__",
-                   "__itruediv__", "div_", "true_divide", "neg", "__neg__")),
+    (
+        add,
+        _names(
+            "add",
+            "__add__",
+            "__radd__",
+            "__iadd__",
+            "add_",
+            "sub",
+            "__sub__",
+            "__isub__",
+            "sub_",
+            "__rsub__",
+            "rsub",
+        ),
+    ),
+    (
+        scale,
+        _names(
+            "mul",
+            "__mul__",
+            "__rmul__",
+            "__imul__",
+            "mul_",
+            "div",
+            "__truediv__",
+            "__itruediv__",
+            "div_",
+            "true_divide",
+            "neg",
+            "__neg__",
+        ),
+    ),
     (cat, _names("cat", "concat", "concatenate")),
     (pad, _names("pad")),
-    (linear_by_autograd, _names("avg_pool1d", "avg_pool2d", "avg_pool3d",
-                                "adaptive_avg_pool1d", "adaptive_avg_pool2d",
-                                "adaptive_avg_pool3d", "mean", "sum", "permute", "transpose",
-                                "__getitem__", "narrow", "interpolate", "upsample",
-                                "pixel_shuffle", "pixel_unshuffle", "expand", "flip", "roll")),
+    (
+        linear_by_autograd,
+        _names(
+            "avg_pool1d",
+            "avg_pool2d",
+            "avg_pool3d",
+            "adaptive_avg_pool1d",
+            "adaptive_avg_pool2d",
+            "adaptive_avg_pool3d",
+            "mean",
+            "sum",
+            "permute",
+            "transpose",
+            "__getitem__",
+            "narrow",
+            "interpolate",
+            "upsample",
+            "pixel_shuffle",
+            "pixel_unshuffle",
+            "expand",
+            "flip",
+            "roll",
+        ),
+    ),
 ):
     for _name in _group:
         RULES[_name] = _rule

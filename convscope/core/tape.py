@@ -192,23 +192,43 @@ class Recording:
     layer: LayerRef
 
 
+@dataclass
+class ModuleCall:
+    """One call of a module during a recorded forward pass."""
+
+    module: str
+    call: int
+    module_type: str
+    ref: Ref | None  # its output on the tape (None if not a tracked tensor)
+    shape: torch.Size | None
+
+
 @contextmanager
-def _hooks(model: nn.Module, stack: list[tuple[str, str]], target: LayerRef | None, calls: dict):
+def _hooks(
+    model: nn.Module,
+    tape: Tape,
+    stack: list[tuple[str, str]],
+    target: LayerRef | None,
+    calls: list[ModuleCall],
+):
     handles = []
+    counts: dict[str, int] = {}
     for name, module in model.named_modules():
         kind = type(module).__name__
 
         def pre(mod, inputs, _name=name, _kind=kind):
             stack.append((_name, _kind))
 
-        def post(mod, inputs, output, _name=name):
+        def post(mod, inputs, output, _name=name, _kind=kind):
             if stack and stack[-1][0] == _name:
                 stack.pop()
-            if target is not None and _name == target.module:
-                k = calls.get(_name, 0)
-                calls[_name] = k + 1
-                if k == target.call:
-                    raise _Stop(output)
+            k = counts.get(_name, 0)
+            counts[_name] = k + 1
+            t = output if isinstance(output, Tensor) else None
+            ref = tape.lookup(t) if t is not None else None
+            calls.append(ModuleCall(_name, k, _kind, ref, t.shape if t is not None else None))
+            if target is not None and _name == target.module and k == target.call:
+                raise _Stop(output)
 
         handles.append(module.register_forward_pre_hook(pre))
         handles.append(module.register_forward_hook(post))
@@ -219,28 +239,37 @@ def _hooks(model: nn.Module, stack: list[tuple[str, str]], target: LayerRef | No
             h.remove()
 
 
-def record(model: nn.Module, images: Tensor, layer: LayerRef) -> Recording:
-    """Run `model` on `images` up to `layer`, recording every operation on the way."""
+def _new_tape(images: Tensor) -> Tape:
+    first = Node("input", lambda x: x, (), {}, [images.shape], "", "input")
+    tape = Tape(nodes=[first], input_shape=images.shape)
+    tape.track(images, Ref(0))
+    return tape
+
+
+def _check_traceable(model: nn.Module) -> None:
     if isinstance(model, torch.jit.ScriptModule):
         raise ConvscopeError(
             "a TorchScript model hides its operations, so the DeconvNet cannot walk it down; "
             "pass the Python module (or package.module:factory) instead"
         )
-    tape = Tape(nodes=[Node("input", lambda x: x, (), {}, [images.shape], "", "input")],
-                input_shape=images.shape)
+
+
+def record(model: nn.Module, images: Tensor, layer: LayerRef) -> Recording:
+    """Run `model` on `images` up to `layer`, recording every operation on the way."""
+    _check_traceable(model)
     images = images.detach()
-    tape.track(images, Ref(0))
+    tape = _new_tape(images)
     stack: list[tuple[str, str]] = []
-    calls: dict[str, int] = {}
+    calls: list[ModuleCall] = []
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), _hooks(model, stack, layer, calls), _Recorder(tape, stack):
+        with torch.no_grad(), _hooks(model, tape, stack, layer, calls), _Recorder(tape, stack):
             model(images)
     except _Stop as stop:
         output = stop.output
     else:
-        seen = calls.get(layer.module, 0)
+        seen = sum(1 for c in calls if c.module == layer.module)
         raise LayerNotFoundError(
             f"layer {layer} was not reached in the forward pass "
             f"(module {layer.module!r} ran {seen} time(s))"
@@ -257,3 +286,20 @@ def record(model: nn.Module, images: Tensor, layer: LayerRef) -> Recording:
     tape.release()
     return Recording(tape, ref, output, layer)
 
+
+def record_all(model: nn.Module, images: Tensor) -> tuple[Tape, list[ModuleCall], Tensor]:
+    """Run the whole forward pass, recording every operation and every module call."""
+    _check_traceable(model)
+    images = images.detach()
+    tape = _new_tape(images)
+    stack: list[tuple[str, str]] = []
+    calls: list[ModuleCall] = []
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), _hooks(model, tape, stack, None, calls), _Recorder(tape, stack):
+            out = model(images)
+    finally:
+        model.train(was_training)
+    tape.release()
+    return tape, calls, out

@@ -44,17 +44,27 @@ def load_image(path: str | Path) -> Image.Image:
             img.load()
     except ImageError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageError(f"{path} is not an image convscope can read ({e.__class__.__name__})") from e
+    except (
+        UnidentifiedImageError,
+        Image.DecompressionBombError,
+        Image.DecompressionBombWarning,
+    ) as e:
+        raise ImageError(
+            f"{path} is not an image convscope can read ({e.__class__.__name__})"
+        ) from e
     except OSError as e:
-        raise ImageError(f"image {path} is corrupt or truncated ({e}); re-export or remove it") from e
+        raise ImageError(
+            f"image {path} is corrupt or truncated ({e}); re-export or remove it"
+        ) from e
     return to_rgb(img, str(path))
 
 
 def to_rgb(img: Image.Image, name: str = "image") -> Image.Image:
     w, h = img.size
     if min(w, h) < MIN_SIDE:
-        raise ImageError(f"{name} is only {w}x{h} pixels; convscope needs at least {MIN_SIDE} on each side")
+        raise ImageError(
+            f"{name} is only {w}x{h} pixels; convscope needs at least {MIN_SIDE} on each side"
+        )
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -112,7 +122,9 @@ def list_images(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise ImageError(f"{folder} is not a folder of images")
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    files = sorted(
+        p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+    )
     if not files:
         raise ImageError(f"{folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
     return files
