@@ -1,0 +1,72 @@
+"""Several layers' outputs from one forward pass, by module forward hooks.
+
+A generic helper (not specific to one analysis): resolve the names with `resolve_layer`, then
+`capture(model, x, refs)` returns the model's output and each layer's output, flattened per
+image when asked. A module called more than once (`name#k`) is taken at its k-th call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from convscope.core.layers import LayerRef, resolve_layer
+
+
+def resolve_layers(model: nn.Module, names: Sequence[str]) -> list[LayerRef]:
+    """LayerRefs for `names` (aliases or module names); a LayerNotFoundError names a bad one."""
+    return [resolve_layer(model, n) for n in names]
+
+
+@torch.no_grad()
+def capture(
+    model: nn.Module, x: Tensor, refs: Sequence[LayerRef], *, flatten: bool = False
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """The model's output for `x` and the output of each layer in `refs`, keyed by `str(ref)`.
+
+    Outputs are copied as they are produced, so later in-place operations cannot change them.
+    """
+    modules = dict(model.named_modules())
+    got: dict[str, Tensor] = {}
+    handles = []
+    for ref in refs:
+        calls = [0]
+
+        def hook(
+            _m: nn.Module, _inp: object, out: Tensor, ref: LayerRef = ref, calls=calls
+        ) -> None:
+            if calls[0] == ref.call:
+                t = out.detach().clone()
+                got[str(ref)] = t.flatten(1) if flatten else t
+            calls[0] += 1
+
+        handles.append(modules[ref.module].register_forward_hook(hook))
+    try:
+        y = model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    missing = [str(r) for r in refs if str(r) not in got]
+    if missing:
+        from convscope.errors import ConvscopeError
+
+        raise ConvscopeError(
+            f"layer(s) {', '.join(missing)} did not run in the forward pass; pick another layer"
+        )
+    return y, got
+
+
+def capture_batched(
+    model: nn.Module, x: Tensor, refs: Sequence[LayerRef], *, batch: int = 32, flatten: bool = True
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """`capture` over `x` in chunks of `batch` images, concatenated."""
+    ys: list[Tensor] = []
+    feats: dict[str, list[Tensor]] = {str(r): [] for r in refs}
+    for start in range(0, len(x), batch):
+        y, got = capture(model, x[start : start + batch], refs, flatten=flatten)
+        ys.append(y)
+        for k, v in got.items():
+            feats[k].append(v)
+    return torch.cat(ys), {k: torch.cat(v) for k, v in feats.items()}
