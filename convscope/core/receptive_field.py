@@ -55,9 +55,12 @@ def measure(rec: Recording) -> ReceptiveField | None:
     assert sig.off is not None
     size = (int(sig.data.shape[-2]), int(sig.data.shape[-1]))
     off = sig.off
+    # Neighbours' windows are one jump apart, unless clipping at the border moved them.
+    jump_y = int(off[1, 0] - off[0, 0]) if ys[1] != ys[0] else 0
+    jump_x = int(off[1, 1] - off[0, 1]) if xs[1] != xs[0] else 0
     jump = (
-        int(off[1, 0] - off[0, 0]) if ys[1] != ys[0] else int(H) // h,
-        int(off[1, 1] - off[0, 1]) if xs[1] != xs[0] else int(W) // w,
+        jump_y if jump_y > 0 else max(int(H) // h, 1),
+        jump_x if jump_x > 0 else max(int(W) // w, 1),
     )
     start = (int(off[0, 0]) - cy * jump[0], int(off[0, 1]) - cx * jump[1])
     return ReceptiveField(size, jump, start)

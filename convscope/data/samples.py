@@ -42,6 +42,7 @@ def sample_image(name: str) -> np.ndarray:
             return np.asarray(load_sample_image(f"{name}.jpg"))
     except ImportError as e:
         raise ConvscopeError(
-            f"the sample photo {name!r} needs {e.name}; install it with pip install 'convscope[demo]'"
+            f"the sample photo {name!r} needs {e.name}; "
+            "install it with pip install 'convscope[demo]'"
         ) from e
     raise ConvscopeError(f"unknown sample photo {name!r}; use one of {', '.join(SAMPLES)}")

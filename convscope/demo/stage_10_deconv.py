@@ -40,7 +40,7 @@ def run(ctx: DemoContext) -> Section:
         # Each photo's strongest feature map at this layer, projected from its strongest unit.
         channels = act.flatten(2).amax(2).argmax(1) if act.dim() == 4 else act.argmax(1)
         tiles = []
-        for i, name in enumerate(photos):
+        for i in range(len(photos)):
             c = int(channels[i])
             p = deconv.project(x[i : i + 1], rec.layer, c)[0]
             tiles.append(projection_to_rgb(p))
