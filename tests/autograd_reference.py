@@ -18,11 +18,11 @@ from torch import Tensor, nn
 
 class _Rectify(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, upper: float | None) -> Tensor:  # noqa: ANN001
+    def forward(ctx, x: Tensor, upper: float | None) -> Tensor:
         return x.clamp(min=0) if upper is None else x.clamp(0, upper)
 
     @staticmethod
-    def backward(ctx, g: Tensor):  # noqa: ANN001, ANN205
+    def backward(ctx, g: Tensor):
         return g.clamp(min=0), None
 
 
@@ -48,7 +48,7 @@ def autograd_deconv(
     handles = []
     captured: list[Tensor] = []
     counts = {"n": 0}
-    for name, m in model.named_modules():
+    for m in model.modules():
         if isinstance(m, (nn.ReLU, nn.ReLU6)):
             upper = 6.0 if isinstance(m, nn.ReLU6) else None
             m.inplace = False
@@ -61,7 +61,7 @@ def autograd_deconv(
             )
     target = dict(model.named_modules())[module]
 
-    def grab(mod, inp, out):  # noqa: ANN001, ANN202
+    def grab(mod, inp, out):
         if counts["n"] == call:
             captured.append(out)
         counts["n"] += 1
