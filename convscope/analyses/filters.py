@@ -6,9 +6,10 @@ filters, and layer 2 to show aliasing from the stride-4 first layer. This module
 those three things for any CNN:
 
 - `conv_filters(model, layer)`: the filters of the convolution that produces `layer` (default:
-  the first convolution), found on the recorded forward pass; a BatchNorm right after the
-  convolution is folded in (its scale `gamma / sqrt(var + eps)` multiplies each filter), since
-  that is the filter the next layer effectively sees.
+  the first convolution), found on the recorded forward pass. With `fold_bn=True` a BatchNorm
+  right after the convolution is folded in (its scale `gamma / sqrt(var + eps)` multiplies
+  each filter). The default shows the raw filters: in a BatchNorm network an unused filter
+  decays towards zero while its BatchNorm scale grows, so raw norms are what reveal it.
 - `dead_filters(weights)`: a filter is dead when its L2 norm is below `ratio` (0.1) times the
   layer's 90th-percentile filter norm, i.e. it is flat next to the filters that are in use.
 - `spectrum(weights, live)`: the filters' average power spectrum. Each filter is zero-padded
@@ -78,7 +79,7 @@ def _producer(tape: Tape, node: int) -> int:
     raise ConvscopeError("no convolution below the chosen layer; pick a convolutional layer")
 
 
-def conv_filters(model: nn.Module, layer: str | None = None, fold_bn: bool = True) -> FilterBank:
+def conv_filters(model: nn.Module, layer: str | None = None, fold_bn: bool = False) -> FilterBank:
     """The filters that produce `layer` (default: the model's first convolution)."""
     tape, calls = _tape_of(model)
     name = info_of(model).name
@@ -106,9 +107,12 @@ def conv_filters(model: nn.Module, layer: str | None = None, fold_bn: bool = Tru
     folded = False
     if fold_bn:
         nxt = next((n for n in tape.nodes[idx + 1 :] if any(r.node == idx for r in n.refs())), None)
-        if nxt is not None and nxt.name == "batch_norm" and len(nxt.args) >= 8:
-            var, gamma, eps = nxt.args[2], nxt.args[3], float(nxt.args[7])
-            if isinstance(var, Tensor) and var.numel() == w.shape[0]:
+        if nxt is not None and nxt.name == "batch_norm":
+            names = ("input", "running_mean", "running_var", "weight", "bias", "training")
+            bound = dict(zip((*names, "momentum", "eps"), nxt.args)) | nxt.kwargs
+            var, gamma, eps = bound.get("running_var"), bound.get("weight"), bound.get("eps")
+            if isinstance(var, Tensor) and var.numel() == w.shape[0] and eps is not None:
+                eps = float(eps)
                 scale = 1.0 / torch.sqrt(var.detach().float() + eps)
                 if isinstance(gamma, Tensor):
                     scale = scale * gamma.detach().float()
@@ -234,7 +238,7 @@ class FilterReport:
 
 
 def diagnose(
-    model: nn.Module, layer: str | None = None, ratio: float = DEAD_RATIO, fold_bn: bool = True
+    model: nn.Module, layer: str | None = None, ratio: float = DEAD_RATIO, fold_bn: bool = False
 ) -> tuple[FilterReport, FilterBank, Spectrum]:
     bank = conv_filters(model, layer, fold_bn=fold_bn)
     dead = dead_filters(bank.weights, ratio)
@@ -406,13 +410,14 @@ def write_diagnostics(
     layer: str | None = None,
     layer2: str | None = None,
     ratio: float = DEAD_RATIO,
+    fold_bn: bool = False,
 ) -> tuple[FilterReport, Spectrum]:
     """Filter grid, spectrum, and (given photos: PIL images) the layer-2 check, under `out`."""
     from convscope.data.images import preprocess
     from convscope.render.images import save_png
 
     out.mkdir(parents=True, exist_ok=True)
-    report, bank, spec = diagnose(model, layer, ratio)
+    report, bank, spec = diagnose(model, layer, ratio, fold_bn)
     dead = np.zeros(report.n_filters, bool)
     dead[report.dead] = True
     save_png(render_filters(bank.weights, dead), out / "filters.png")

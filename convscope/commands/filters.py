@@ -39,6 +39,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=DEAD_RATIO,
         help=f"dead: norm below this x the 90th-percentile norm (default {DEAD_RATIO})",
     )
+    p.add_argument(
+        "--fold-bn", action="store_true", help="fold a following BatchNorm's scale into the filters"
+    )
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=run)
 
@@ -77,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         if len(models) == 1:
             folder = out
         report, spec_ = write_diagnostics(
-            model, folder, photos, args.layer, args.layer2, args.dead_ratio
+            model, folder, photos, args.layer, args.layer2, args.dead_ratio, args.fold_bn
         )
         folders.append(folder)
         results.append((report, spec_))
