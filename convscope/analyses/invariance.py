@@ -212,7 +212,7 @@ class InvarianceResult:
                 d = self.distance[t][layer][:, far].mean(1)
                 r = self.relative[t][layer][:, far].mean(1)
                 for i, name in enumerate(self.images):
-                    rows.append(_row(t, layer, name, at, d[i], r[i], _fmt_lost(lost[i])))
+                    rows.append(_row(t, layer, name, at, d[i], r[i], _fmt_lost(t, lost[i])))
                 n_lost = sum(v is not None for v in lost)
                 rows.append(
                     _row(t, layer, "mean", at, d.mean(), r.mean(), f"{n_lost}/{len(lost)} lost")
@@ -285,8 +285,10 @@ class InvarianceResult:
         )
 
 
-def _fmt_lost(v: float | None) -> str:
-    return "never" if v is None else f"{v:g}"
+def _fmt_lost(transform: str, v: float | None) -> str:
+    if v is None:
+        return "never"
+    return "original" if v == IDENTITY[transform] else f"{v:g}"
 
 
 def _row(t: str, layer: str, image: str, at: str, d: float, r: float, lost: str) -> dict:
