@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from convscope.errors import ConvscopeError, UntrustedCheckpointError, WeightsError
 from convscope.models.alexnet import alexnet
 from convscope.models.efficientnet import efficientnet_lite0
+from convscope.models.small import alexnet_small, zfnet_small
 from convscope.models.zfnet import zfnet
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,8 @@ BUILTINS: dict[str, Callable[[], nn.Module]] = {
     "zfnet": zfnet,
     "alexnet": alexnet,
     "efficientnet_lite0": efficientnet_lite0,
+    "zfnet-small": zfnet_small,
+    "alexnet-small": alexnet_small,
 }
 
 
