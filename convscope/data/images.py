@@ -38,17 +38,15 @@ def load_image(path: str | Path) -> Image.Image:
             w, h = img.size
             if w * h > MAX_PIXELS:
                 raise ImageError(
-                    f"image {path} is {w}x{h} pixels, too large to decode safely; "
+                    f"image {path} is too large ({w}x{h} pixels) to decode safely; "
                     "downscale it first"
                 )
             img.load()
     except ImageError:
         raise
-    except (
-        UnidentifiedImageError,
-        Image.DecompressionBombError,
-        Image.DecompressionBombWarning,
-    ) as e:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageError(f"image {path} is too large to decode safely; downscale it first") from e
+    except UnidentifiedImageError as e:
         raise ImageError(
             f"{path} is not an image convscope can read ({e.__class__.__name__})"
         ) from e
