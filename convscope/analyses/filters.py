@@ -79,8 +79,8 @@ def _producer(tape: Tape, node: int) -> int:
     raise ConvscopeError("no convolution below the chosen layer; pick a convolutional layer")
 
 
-def conv_filters(model: nn.Module, layer: str | None = None, fold_bn: bool = False) -> FilterBank:
-    """The filters that produce `layer` (default: the model's first convolution)."""
+def _weight_node(model: nn.Module, layer: str | None) -> tuple[Tape, int, Tensor]:
+    """The tape, and the index and weight of the conv/linear node that produces `layer`."""
     tape, calls = _tape_of(model)
     name = info_of(model).name
     if layer is None:
@@ -97,6 +97,21 @@ def conv_filters(model: nn.Module, layer: str | None = None, fold_bn: bool = Fal
     weight = node.args[1] if len(node.args) > 1 else node.kwargs.get("weight")
     if not isinstance(weight, Tensor):
         raise ConvscopeError(f"cannot read the weights of {node.module or layer!r}")
+    return tape, idx, weight
+
+
+def layer_weights(model: nn.Module, layer: str) -> tuple[str, np.ndarray]:
+    """The module and the K x D (flattened) weights of the conv or linear producing `layer`."""
+    tape, idx, weight = _weight_node(model, layer)
+    w = weight.detach().float().cpu().numpy()
+    return tape.nodes[idx].module, w.reshape(len(w), -1)
+
+
+def conv_filters(model: nn.Module, layer: str | None = None, fold_bn: bool = False) -> FilterBank:
+    """The filters that produce `layer` (default: the model's first convolution)."""
+    tape, idx, weight = _weight_node(model, layer)
+    node = tape.nodes[idx]
+    name = info_of(model).name
     if node.name in _LINEAR or weight.dim() != 4 or max(weight.shape[-2:]) < 2:
         shape = "x".join(str(s) for s in weight.shape)
         raise ConvscopeError(

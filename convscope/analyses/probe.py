@@ -154,6 +154,15 @@ def sklearn_digits(per_class: int | None = None, seed: int = 0, side: int = 32) 
     )
 
 
+def labelled_images(
+    spec: str | Path, per_class: int | None = None, seed: int = 0
+) -> LabelledImages:
+    """`sklearn:digits` (the bundled handwritten digits) or an image folder."""
+    if str(spec).startswith("sklearn:digits"):
+        return sklearn_digits(per_class, seed)
+    return image_folder(spec, per_class, seed)
+
+
 def load_inputs(model: nn.Module, data: LabelledImages, size: int | None = None) -> Tensor:
     """All images preprocessed for `model` (optionally at another crop size)."""
     pre = info_of(model).preprocess

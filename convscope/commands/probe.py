@@ -8,7 +8,7 @@ from pathlib import Path
 from convscope.analyses.probe import (
     CLASSIFIERS,
     default_layers,
-    image_folder,
+    labelled_images,
     parse_ints,
     parse_list,
     probe,
@@ -24,7 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_model_args(p)
     p.add_argument(
-        "--data", required=True, help="image folder: one subfolder per class (or train/<class>)"
+        "--data",
+        required=True,
+        help="image folder: one subfolder per class (or train/<class>), or sklearn:digits",
     )
     p.add_argument("--layers", help="comma-separated layers (default: conv1..fc7, or blocks)")
     p.add_argument(
@@ -68,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     if args.images_per_class is not None and args.images_per_class < 2:
         raise ConvscopeError(f"--images-per-class must be at least 2, got {args.images_per_class}")
     out = out_dir(args.out)
-    data = image_folder(args.data, args.images_per_class, seed=args.seed)
+    data = labelled_images(args.data, args.images_per_class, seed=args.seed)
     model = model_from_args(args)
     layers = parse_list(args.layers, "--layers") if args.layers else default_layers(model)
     cache = Path(args.cache) if args.cache else out / "features"
