@@ -3,6 +3,8 @@
 Images of one kind of object in one pose, with the pixel position of named parts. For each
 part, the same part is occluded in every image by a square of the model's mean colour; for the
 random baseline, each image is occluded at its own random position (several seeded draws).
+An optional control, `random_fixed`, occludes every image at one shared random position per
+draw: in aligned images that is the same place, though not a named part.
 For a layer l and image i, eps_i = f_l(original_i) - f_l(occluded_i), and
 
     Delta_l = mean over pairs i != j of H(sign(eps_i), sign(eps_j)) / D
@@ -40,6 +42,8 @@ from convscope.models.info import Preprocess, info_of
 log = logging.getLogger(__name__)
 
 RANDOM = "random"
+FIXED = "random_fixed"
+BASELINES = (RANDOM, FIXED)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -245,6 +249,21 @@ def random_corners(
     return out
 
 
+def shared_corners(
+    rng: np.random.Generator, windows: Sequence[tuple[int, int, int, int]], patch: int, draws: int
+) -> np.ndarray:
+    """draws x N x 2: per draw one corner for every image, inside all the windows."""
+    x0, y0 = max(w[0] for w in windows), max(w[1] for w in windows)
+    x1, y1 = min(w[2] for w in windows), min(w[3] for w in windows)
+    if x1 - x0 < patch or y1 - y0 < patch:
+        raise ConvscopeError(
+            f"the images share no {patch}-px region that the model sees in all of them; "
+            "leave out the fixed-position control (--fixed-random 0)"
+        )
+    one = random_corners(rng, [(x0, y0, x1, y1)], patch, draws)
+    return np.repeat(one, len(windows), axis=1)
+
+
 # ---------------------------------------------------------------------------------------------
 # Result
 
@@ -259,22 +278,25 @@ class CorrespondenceResult:
     parts: list[str]
     layers: list[str]
     patch: int
-    draws: int
     seed: int
-    hamming: dict[str, dict[str, np.ndarray]]  # layer -> occlusion -> N x N (random: draws x N x N)
+    # layer -> occlusion -> N x N (a baseline: draws x N x N)
+    hamming: dict[str, dict[str, np.ndarray]]
     boot: dict[str, dict[str, np.ndarray]]  # layer -> occlusion -> (rounds,)
-    corners: np.ndarray  # draws x N x 2, random squares' top-left corners
-    part_corners: dict[str, np.ndarray]  # part -> N x 2
+    corners: dict[str, np.ndarray]  # occlusion -> N x 2 (a baseline: draws x N x 2), top-left
     preprocess: str = ""
     tol: float = 0.0  # relative size below which a difference counts as 0
 
     @property
     def occlusions(self) -> list[str]:
-        return [*self.parts, RANDOM]
+        return [*self.parts, *(b for b in BASELINES if b in self.corners)]
+
+    @property
+    def draws(self) -> int:
+        return len(self.corners[RANDOM])
 
     def delta(self, layer: str, occlusion: str) -> float:
         h = self.hamming[layer][occlusion]
-        if occlusion == RANDOM:
+        if occlusion in BASELINES:
             return float(np.mean([delta(m) for m in h]))
         return delta(h)
 
@@ -304,9 +326,7 @@ class CorrespondenceResult:
     def save(self, folder: str | Path) -> Path:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        arrays: dict[str, np.ndarray] = {"random/corners": self.corners}
-        for p, c in self.part_corners.items():
-            arrays[f"{p}/corners"] = c
+        arrays = {f"{occ}/corners": c for occ, c in self.corners.items()}
         for layer in self.layers:
             for occ in self.occlusions:
                 arrays[f"{layer}/{occ}/hamming"] = self.hamming[layer][occ].astype(np.float32)
@@ -321,6 +341,7 @@ class CorrespondenceResult:
             "layers": self.layers,
             "patch": self.patch,
             "random_draws": self.draws,
+            "fixed_random_draws": len(self.corners.get(FIXED, [])),
             "seed": self.seed,
             "bootstrap_rounds": len(next(iter(self.boot[self.layers[0]].values()))),
             "occluder": "square of the model's mean colour, on the photo before preprocessing",
@@ -346,22 +367,20 @@ class CorrespondenceResult:
             raise ConvscopeError(
                 f"{folder} does not hold a saved correspondence result: {e}"
             ) from e
-        occs = [*m["parts"], RANDOM]
+        occs = [*m["parts"], RANDOM, *([FIXED] if m.get("fixed_random_draws") else [])]
         return cls(
             model=m["model"],
             images=m["images"],
             parts=m["parts"],
             layers=m["layers"],
             patch=m["patch"],
-            draws=m["random_draws"],
             seed=m["seed"],
             hamming={
                 ly: {o: z[f"{ly}/{o}/hamming"].astype(np.float64) for o in occs}
                 for ly in m["layers"]
             },
             boot={ly: {o: z[f"{ly}/{o}/boot"] for o in occs} for ly in m["layers"]},
-            corners=z["random/corners"],
-            part_corners={p: z[f"{p}/corners"] for p in m["parts"]},
+            corners={o: z[f"{o}/corners"] for o in occs},
             preprocess=m.get("preprocess", ""),
             tol=m.get("sign_tolerance", 0.0),
         )
@@ -401,11 +420,12 @@ def run_correspondence(
     root: str | Path | None = None,
     patch: int = 40,
     draws: int = 5,
+    fixed_draws: int = 0,
     layers: Sequence[str] | None = None,
     seed: int = 0,
     rounds: int = 200,
     batch: int = 32,
-    tol: float = 1e-5,
+    tol: float = 0.0,
 ) -> tuple[CorrespondenceResult, list[np.ndarray]]:
     """Delta per layer for each part and for random squares, and pictures of the occlusions of
     the first image (original, each part, the first random draw)."""
@@ -426,6 +446,8 @@ def run_correspondence(
         raise ConvscopeError(f"--patch must be at least 1 pixel; got {patch}")
     if draws < 1:
         raise ConvscopeError(f"--random must be at least 1 draw; got {draws}")
+    if fixed_draws < 0:
+        raise ConvscopeError(f"--fixed-random must be 0 or more draws; got {fixed_draws}")
     info = info_of(model)
     pre = info.preprocess
     refs = resolve_layers(model, list(layers) if layers else default_layers(model))
@@ -463,10 +485,16 @@ def run_correspondence(
                 )
             part_corners[part][i] = square_at((x, y), patch)
     rng = np.random.default_rng(seed)
-    corners = random_corners(rng, windows, patch, draws)
-
-    occs = [*parts, *(f"{RANDOM}{r}" for r in range(draws))]
-    sgn: dict[str, dict[str, list[Tensor]]] = {k: {o: [] for o in occs} for k in keys}
+    corners: dict[str, np.ndarray] = dict(part_corners)
+    corners[RANDOM] = random_corners(rng, windows, patch, draws)
+    if fixed_draws:
+        corners[FIXED] = shared_corners(
+            np.random.default_rng([seed, 2]), windows, patch, fixed_draws
+        )
+    # Every occluded version of an image: (name, draw or -1)
+    occs = [(p, -1) for p in parts]
+    occs += [(b, r) for b in BASELINES if b in corners for r in range(len(corners[b]))]
+    sgn: dict[str, dict[tuple[str, int], list[Tensor]]] = {k: {o: [] for o in occs} for k in keys}
     pictures: list[np.ndarray] = []
     per = 1 + len(occs)
     # An image's original and occluded copies always share one forward call, so that unchanged
@@ -477,8 +505,9 @@ def run_correspondence(
         for i in range(start, min(start + chunk, len(paths))):
             rgb = np.asarray(load_image(paths[i]))
             versions = [rgb]
-            versions += [occlude(rgb, tuple(part_corners[p][i]), patch, colour) for p in parts]
-            versions += [occlude(rgb, tuple(corners[r, i]), patch, colour) for r in range(draws)]
+            for o, r in occs:
+                c = corners[o][i] if r < 0 else corners[o][r, i]
+                versions.append(occlude(rgb, (int(c[0]), int(c[1])), patch, colour))
             if i == 0:
                 pictures = versions[: 1 + len(parts) + 1]
             xs += [preprocess(Image.fromarray(v), pre) for v in versions]
@@ -496,11 +525,15 @@ def run_correspondence(
     for k in keys:
         hamming[k], boot[k] = {}, {}
         for p in parts:
-            hamming[k][p] = sign_hamming(torch.cat(sgn[k][p]))
+            hamming[k][p] = sign_hamming(torch.cat(sgn[k][(p, -1)]))
             boot[k][p] = bootstrap_delta(hamming[k][p], counts)
-        rand = np.stack([sign_hamming(torch.cat(sgn[k][f"{RANDOM}{r}"])) for r in range(draws)])
-        hamming[k][RANDOM] = rand
-        boot[k][RANDOM] = np.mean([bootstrap_delta(m, counts) for m in rand], axis=0)
+        for b in BASELINES:
+            if b in corners:
+                hs = np.stack(
+                    [sign_hamming(torch.cat(sgn[k][(b, r)])) for r in range(len(corners[b]))]
+                )
+                hamming[k][b] = hs
+                boot[k][b] = np.mean([bootstrap_delta(m, counts) for m in hs], axis=0)
         del sgn[k]
     result = CorrespondenceResult(
         model=info.name,
@@ -508,12 +541,10 @@ def run_correspondence(
         parts=list(parts),
         layers=keys,
         patch=patch,
-        draws=draws,
         seed=seed,
         hamming=hamming,
         boot=boot,
         corners=corners,
-        part_corners=part_corners,
         preprocess=pre.describe(),
         tol=tol,
     )
@@ -534,7 +565,7 @@ def plot_deltas(result: CorrespondenceResult, path: str | Path) -> Path:
         xs = np.arange(len(result.layers)) + (j - (len(occs) - 1) / 2) * width
         ds = [result.delta(ly, occ) for ly in result.layers]
         es = [float(np.nanstd(result.boot[ly][occ])) for ly in result.layers]
-        colour = "0.6" if occ == RANDOM else None
+        colour = {RANDOM: "0.55", FIXED: "0.8"}.get(occ)
         ax.bar(xs, ds, width, yerr=es, capsize=3, label=occ, color=colour)
     ax.set_xticks(np.arange(len(result.layers)), result.layers)
     ax.set_ylabel("Δ (mean normalized sign Hamming)")

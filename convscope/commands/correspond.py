@@ -30,6 +30,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--layers", help="comma-separated (default: conv5,fc7, or head,pool on EfficientNet)"
     )
+    p.add_argument(
+        "--fixed-random",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also a same-place control: N draws of one random square shared by all images",
+    )
     p.add_argument("--seed", type=int, default=0, help="random squares, subset and bootstrap")
     p.add_argument("--bootstrap", type=int, default=200, help="resamples for the spread")
     p.add_argument(
@@ -38,6 +45,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="use a seeded random subset of this many images (default: all)",
     )
     p.add_argument("--batch", type=int, default=32, help="images per forward pass (default 32)")
+    p.add_argument(
+        "--sign-tol",
+        type=float,
+        default=0.0,
+        help="count a difference below this fraction of the largest |feature| as 0 (default 0)",
+    )
     p.add_argument("--out", required=True, help="folder for the table, chart and manifest")
     p.set_defaults(func=run)
 
@@ -45,6 +58,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     parts = [s.strip() for s in args.parts.split(",") if s.strip()]
     layers = [s.strip() for s in args.layers.split(",") if s.strip()] if args.layers else None
+    if not 0.0 <= args.sign_tol < 1.0:
+        raise ConvscopeError(f"--sign-tol must be in [0, 1); got {args.sign_tol}")
     if args.bootstrap < 1:
         raise ConvscopeError(f"--bootstrap must be at least 1; got {args.bootstrap}")
     if args.max_images is not None and args.max_images < 2:
@@ -65,18 +80,20 @@ def run(args: argparse.Namespace) -> int:
         root=args.images,
         patch=args.patch,
         draws=args.random,
+        fixed_draws=args.fixed_random,
         layers=layers,
         seed=args.seed,
         rounds=args.bootstrap,
         batch=args.batch,
+        tol=args.sign_tol,
     )
     result.save(out)
     plot_deltas(result, out / "deltas.png")
     save_png(side_by_side(*pictures), out / "occlusions.png")
     print(
         f"{len(result.images)} images, {result.patch}-px squares, "
-        f"{result.draws} random draws, {len(next(iter(result.boot.values()))['random'])} "
-        "bootstrap resamples"
+        f"{result.draws} random draws, {args.fixed_random} fixed-position draws, "
+        f"{args.bootstrap} bootstrap resamples"
     )
     print_table(result.rows())
     print(f"wrote {out}/ (deltas.csv, deltas.png, occlusions.png, manifest.json)")
