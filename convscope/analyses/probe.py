@@ -261,8 +261,12 @@ def extract_features(
     cache: Path,
     pool: str = "auto",
     batch: int = 32,
+    size: int | None = None,
 ) -> dict[str, np.ndarray]:
-    """Features of every layer, memory-mapped from `cache`; only missing layers are computed."""
+    """Features of every layer, memory-mapped from `cache`; only missing layers are computed.
+
+    `size` feeds the images at another crop size than the model's own (fully convolutional
+    models only)."""
     check_pool(pool)
     refs = [resolve_layer(model, name) for name in layers]
     key = {
@@ -272,6 +276,7 @@ def extract_features(
         "n": len(data),
         "preprocess": info_of(model).preprocess.describe(),
         "pool": pool,
+        "size": size,
     }
     cache.mkdir(parents=True, exist_ok=True)
     index_path = cache / "index.json"
@@ -287,7 +292,7 @@ def extract_features(
         parts: dict[str, list[np.ndarray]] = {str(r): [] for r in missing}
         try:
             for s in range(0, len(data), batch):
-                x = load_inputs(model, _subset(data, range(s, min(s + batch, len(data)))))
+                x = load_inputs(model, _subset(data, range(s, min(s + batch, len(data)))), size)
                 for k, v in _forward_features(model, x, missing, pool).items():
                     parts[k].append(v.numpy().astype(np.float32))
         finally:
@@ -547,6 +552,7 @@ def probe(
     pool: str = "auto",
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
+    size: int | None = None,
 ) -> ProbeResult:
     """The paper's Table 7 for `model` on `data`."""
     for c in classifiers:
@@ -557,7 +563,7 @@ def probe(
         import tempfile
 
         cache = Path(tempfile.mkdtemp(prefix="convscope-probe-"))
-    feats = extract_features(model, data, layers, cache, pool)
+    feats = extract_features(model, data, layers, cache, pool, size=size)
     result = ProbeResult(
         info_of(model).name, data.source, data.classes, len(data), pool, list(feats)
     )
@@ -667,6 +673,7 @@ def transfer_vs_scratch(
     size: int | None = None,
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
+    feature_size: int | None = None,
 ) -> list[ProbeRow]:
     """Tables 4-5: softmax on the frozen last hidden layer vs. the same net from scratch."""
     layer = layer or default_transfer_layer(model)
@@ -674,7 +681,7 @@ def transfer_vs_scratch(
         import tempfile
 
         cache = Path(tempfile.mkdtemp(prefix="convscope-probe-"))
-    feats = extract_features(model, data, [layer], cache, pool)
+    feats = extract_features(model, data, [layer], cache, pool, size=feature_size)
     x_feat = next(iter(feats.values()))
     rows = []
     x_img: Tensor | None = None

@@ -46,6 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="auto",
         help="auto (default), avg, max, or gN: see docs/evolution-filters-probe.md",
     )
+    p.add_argument("--size", type=int, help="input crop size (default: the model's own)")
     p.add_argument("--cache", help="feature cache folder (default: OUT/features)")
     p.add_argument(
         "--transfer",
@@ -75,7 +76,17 @@ def run(args: argparse.Namespace) -> int:
     layers = parse_list(args.layers, "--layers") if args.layers else default_layers(model)
     cache = Path(args.cache) if args.cache else out / "features"
     result = probe(
-        model, data, layers, per_class, args.folds, classifiers, cache, args.pool, args.seed, print
+        model,
+        data,
+        layers,
+        per_class,
+        args.folds,
+        classifiers,
+        cache,
+        args.pool,
+        args.seed,
+        print,
+        args.size,
     )
     if args.transfer:
         result.transfer = transfer_vs_scratch(
@@ -91,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
             args.scratch_size,
             args.seed,
             print,
+            args.size,
         )
     result.save(out)
     print(result.table())
