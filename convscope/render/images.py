@@ -13,15 +13,24 @@ from PIL import Image
 from torch import Tensor
 
 
-def projection_to_rgb(p: Tensor | np.ndarray, scale: float | None = None) -> np.ndarray:
+def projection_to_rgb(
+    p: Tensor | np.ndarray, scale: float | None = None, percentile: float | None = None
+) -> np.ndarray:
     """3 x H x W signed projection to H x W x 3 uint8, zero at mid-grey.
 
     `scale` is the magnitude that maps to full contrast (default: this projection's own
-    maximum); pass a shared one to compare magnitudes across projections.
+    maximum); pass a shared one to compare magnitudes across projections. `percentile`
+    (e.g. 99.5) instead takes that percentile of the non-zero magnitudes and saturates the
+    few values above it: the paper's "contrast enhanced" pictures, for faint deep layers.
     """
     a = p.detach().cpu().numpy() if isinstance(p, Tensor) else np.asarray(p)
     a = np.moveaxis(a.astype(np.float64), 0, -1)
-    m = float(np.abs(a).max()) if scale is None else float(scale)
+    if scale is not None:
+        m = float(scale)
+    elif percentile is not None and np.any(a):
+        m = float(np.percentile(np.abs(a[a != 0]), percentile))
+    else:
+        m = float(np.abs(a).max())
     if m > 0:
         a = a / (2 * m)
     return np.clip((a + 0.5) * 255.0 + 0.5, 0, 255).astype(np.uint8)
