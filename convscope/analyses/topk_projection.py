@@ -1,0 +1,201 @@
+"""Projecting the mined activations and cutting their image patches.
+
+Targets are grouped by image: each group of images runs forward once, recorded up to the
+deepest requested layer, and every layer's targets in those images descend from that one
+recording, many rows at a time, each only inside its receptive field (outside it the
+projection is exactly zero, so the crop loses nothing). The patch of an activation is its
+receptive field in the input, clipped at the image border.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor, nn
+
+from convscope.core.deconv import DeconvNet, Projections, Targets
+from convscope.core.layers import LayerRef
+from convscope.core.receptive_field import ReceptiveField, measure
+from convscope.core.tape import (
+    Recording,
+    _check_traceable,
+    _hooks,
+    _new_tape,
+    _Recorder,
+)
+from convscope.errors import ConvscopeError, LayerNotFoundError
+from convscope.render.images import projection_to_rgb
+
+
+class _Done(Exception):
+    pass
+
+
+def record_layers(model: nn.Module, images: Tensor, layers: Sequence[LayerRef]) -> list[Recording]:
+    """One recorded forward pass that serves every layer in `layers` (stops after the last)."""
+    _check_traceable(model)
+    images = images.detach()
+    tape = _new_tape(images)
+    stack: list[tuple[str, str]] = []
+    calls: list = []
+    wanted = {(r.module, r.call): i for i, r in enumerate(layers)}
+    got: dict[int, Recording] = {}
+    counts: dict[str, int] = {}
+    modules = dict(model.named_modules())
+    handles = []
+    for name in {r.module for r in layers}:
+
+        def post(mod, inputs, output, _name=name):
+            k = counts.get(_name, 0)
+            counts[_name] = k + 1
+            i = wanted.get((_name, k))
+            if i is None:
+                return
+            t = output if isinstance(output, Tensor) else None
+            if t is None and isinstance(output, (tuple, list)):
+                t = next((o for o in output if isinstance(o, Tensor)), None)
+            ref = tape.lookup(t) if t is not None else None
+            if ref is None:
+                raise ConvscopeError(
+                    f"the output of layer {layers[i]} does not come from operations "
+                    "convscope can follow"
+                )
+            # A clone: a later in-place operation must not change what we seed from.
+            got[i] = Recording(tape, ref, t.clone(), layers[i])
+            if len(got) == len(layers):
+                raise _Done
+
+        handles.append(modules[name].register_forward_hook(post))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), _hooks(model, tape, stack, None, calls), _Recorder(tape, stack):
+            model(images)
+    except _Done:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    tape.release()
+    missing = [str(layers[i]) for i in range(len(layers)) if i not in got]
+    if missing:
+        raise LayerNotFoundError(f"layer(s) {', '.join(missing)} not reached in the forward pass")
+    return [got[i] for i in range(len(layers))]
+
+
+@dataclass
+class LayerTargets:
+    """The targets of one layer that fall in one group of images."""
+
+    channel: np.ndarray  # T channel
+    slot: np.ndarray  # T rank in the channel's top-k
+    local: np.ndarray  # T image index inside the group
+    y: np.ndarray
+    x: np.ndarray
+
+
+def project(deconv: DeconvNet, rec: Recording, t: LayerTargets) -> Projections:
+    """Project the targets of one recorded layer (windows, exact)."""
+    act = rec.activation
+    image = torch.as_tensor(t.local, dtype=torch.long)
+    channel = torch.as_tensor(t.channel, dtype=torch.long)
+    y = torch.as_tensor(t.y, dtype=torch.long)
+    x = torch.as_tensor(t.x, dtype=torch.long)
+    if act.dim() == 4:
+        value = act[image, channel, y, x]
+    else:
+        value = act[image, channel]
+    return deconv.project_targets(rec, Targets(image, channel, y, x, value))
+
+
+def box_of(rf: ReceptiveField | None, y: int, x: int, hw: tuple[int, int]) -> tuple:
+    """(top, left, bottom, right) of a unit's receptive field clipped to the image."""
+    if rf is None or y < 0:
+        return (0, 0, hw[0], hw[1])
+    return rf.box(int(y), int(x), hw)
+
+
+def crop(p: Projections, i: int, box: tuple[int, int, int, int]) -> np.ndarray:
+    """Projection `i` inside `box` (3 x bh x bw), read from its window (zero outside it)."""
+    top, left, bottom, right = box
+    w = p.windows[i]
+    oy, ox = int(p.offsets[i, 0]), int(p.offsets[i, 1])
+    out = np.zeros((3, bottom - top, right - left), np.float32)
+    y0, y1 = max(top, oy), min(bottom, oy + w.shape[-2])
+    x0, x1 = max(left, ox), min(right, ox + w.shape[-1])
+    if y0 < y1 and x0 < x1:
+        out[:, y0 - top : y1 - top, x0 - left : x1 - left] = w[
+            :, y0 - oy : y1 - oy, x0 - ox : x1 - ox
+        ].numpy()
+    return out
+
+
+def canvas_size(rf: ReceptiveField | None, hw: tuple[int, int]) -> tuple[int, int]:
+    """The size every tile of a layer is drawn on: its receptive field, at most the image."""
+    if rf is None:
+        return hw
+    return (min(rf.size[0], hw[0]), min(rf.size[1], hw[1]))
+
+
+def place(
+    rgb: np.ndarray,
+    rf: ReceptiveField | None,
+    y: int,
+    x: int,
+    box: tuple,
+    size: tuple[int, int],
+    fill: int,
+) -> np.ndarray:
+    """A clipped crop put where it sits in its unclipped receptive field, on a `size` canvas."""
+    out = np.full((*size, 3), fill, np.uint8)
+    h, w = rgb.shape[:2]
+    if rf is None or y < 0:
+        py = px = 0
+    else:
+        py = box[0] - (rf.start[0] + int(y) * rf.jump[0])
+        px = box[1] - (rf.start[1] + int(x) * rf.jump[1])
+    py = max(0, min(py, size[0] - h))
+    px = max(0, min(px, size[1] - w))
+    h, w = min(h, size[0]), min(w, size[1])
+    out[py : py + h, px : px + w] = rgb[:h, :w]
+    return out
+
+
+def to_tile(rgb: np.ndarray, tile: int) -> np.ndarray:
+    """A canvas scaled to `tile` x `tile` pixels (nearest when enlarging, to keep pixels)."""
+    if rgb.shape[0] == tile and rgb.shape[1] == tile:
+        return rgb
+    enlarge = max(rgb.shape[:2]) < tile
+    im = Image.fromarray(rgb)
+    method = Image.Resampling.NEAREST if enlarge else Image.Resampling.LANCZOS
+    return np.asarray(im.resize((tile, tile), method))
+
+
+def tiles_for(
+    p: Projections,
+    i: int,
+    rgb_image: np.ndarray,
+    rf: ReceptiveField | None,
+    y: int,
+    x: int,
+    tile: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The projection tile and the patch tile (tile x tile x 3 uint8) of target `i`."""
+    hw = (rgb_image.shape[0], rgb_image.shape[1])
+    box = box_of(rf, y, x, hw)
+    size = canvas_size(rf, hw)
+    proj = projection_to_rgb(crop(p, i, box))
+    patch = rgb_image[box[0] : box[2], box[1] : box[3]]
+    return (
+        to_tile(place(proj, rf, y, x, box, size, 128), tile),
+        to_tile(place(patch, rf, y, x, box, size, 230), tile),
+    )
+
+
+def fields(recs: Sequence[Recording]) -> list[ReceptiveField | None]:
+    return [measure(r) for r in recs]
