@@ -57,7 +57,7 @@ class OcclusionResult:
     fill_name: str
     layer: str
     channel: int
-    label: int
+    label: int  # the first of `labels`
     class_names: dict[int, str]  # every class that appears in the maps, and the label
     clean_activation: float
     clean_probability: float
@@ -68,13 +68,18 @@ class OcclusionResult:
     seconds: float = 0.0
     fallbacks: list[str] = field(default_factory=list)
     tau: float = 1.0
+    labels: list[int] = field(default_factory=list)  # probability maps are summed over these
+
+    def __post_init__(self) -> None:
+        if not self.labels:
+            self.labels = [self.label]
 
     def name_of(self, c: int) -> str:
         return self.class_names.get(int(c), f"class {int(c)}")
 
     @property
     def label_name(self) -> str:
-        return self.name_of(self.label)
+        return "+".join(self.name_of(c) for c in self.labels)
 
     def centres(self) -> tuple[np.ndarray, np.ndarray]:
         """Pixel coordinates of the occluder's centre for each row and column of the maps."""
@@ -111,6 +116,7 @@ class OcclusionResult:
             "seconds": self.seconds,
             "fallbacks": self.fallbacks,
             "tau": self.tau,
+            "labels": self.labels,
         }
         (folder / "occlusion.json").write_text(json.dumps(meta, indent=2))
         return folder
@@ -270,7 +276,7 @@ def occlusion(
     stride: int = 8,
     fill: str | Sequence[float] = "mean",
     layer: str | None = None,
-    label: int | str | None = None,
+    label: int | str | Sequence[int | str] | None = None,
     channel: int | None = None,
     method: str = "exact",
     batch: int = 32,
@@ -282,7 +288,8 @@ def occlusion(
 
     image: the model's preprocessed 3 x H x W input, or a PIL image / RGB array (preprocessed
     here). layer: whose strongest feature map to follow (default: conv5, or EfficientNet's
-    head, or the last spatial layer). label: class index or name (default: the clean
+    head, or the last spatial layer). label: class index or name, or several (a
+    list, or names separated by commas) whose probabilities are summed (default: the clean
     prediction). method: "exact", "approximate" (`tau`, `coarse`, `drill`) or "brute".
     """
     if method not in METHODS:
@@ -322,11 +329,14 @@ def occlusion(
         raise ConvscopeError("the model must return one row of class scores per image")
     classes = int(logits.shape[1])
     names = info.class_names
-    label_i = resolve_label(label, names, classes)
+    if isinstance(label, str) and "," in label:
+        label = [v for v in label.split(",") if v.strip()]
+    wanted = label if isinstance(label, (list, tuple)) else [label]
+    labels = [i for i in (resolve_label(v, names, classes) for v in wanted) if i is not None]
     probs = logits.softmax(1)[0]
     clean_top = int(probs.argmax())
-    if label_i is None:
-        label_i = clean_top
+    labels = list(dict.fromkeys(labels)) or [clean_top]
+    label_i = labels[0]
     if channel is None:
         flat = clean_act.flatten(2).amax(2) if clean_act.dim() == 4 else clean_act
         channel = int(flat[0].argmax())
@@ -345,9 +355,9 @@ def occlusion(
     def run(indices: list[tuple[int, int]]) -> None:
         pos = [(int(ys[i]), int(xs[j])) for i, j in indices]
         if method == "brute":
-            rows = _brute(setup, pos, channel, label_i)
+            rows = _brute(setup, pos, channel, labels)
         else:
-            rows = _incremental(engine, setup, pos, act_ref, out_ref, channel, label_i)
+            rows = _incremental(engine, setup, pos, act_ref, out_ref, channel, labels)
         for (i, j), (a, p, t, tp) in zip(indices, rows):
             act[i, j], prob[i, j], top[i, j], topp[i, j] = a, p, t, tp
             computed[i, j] = True
@@ -358,7 +368,7 @@ def occlusion(
     else:
         run(all_idx)
     clean_activation = float(clean_act[0, channel].sum())
-    shown = {int(c) for c in np.unique(top)} | {label_i, clean_top}
+    shown = {int(c) for c in np.unique(top)} | {*labels, clean_top}
     class_names = {c: (names[c] if names and c < len(names) else f"class {c}") for c in shown}
     return OcclusionResult(
         activation=act,
@@ -377,7 +387,7 @@ def occlusion(
         label=label_i,
         class_names=class_names,
         clean_activation=clean_activation,
-        clean_probability=float(probs[label_i]),
+        clean_probability=float(probs[labels].sum()),
         clean_top=clean_top,
         image_size=(H, W),
         method=method,
@@ -385,6 +395,7 @@ def occlusion(
         seconds=round(time.perf_counter() - start_time, 3),
         fallbacks=sorted(engine.counter.fallbacks),
         tau=tau if method == "approximate" else 1.0,
+        labels=labels,
     )
 
 
@@ -396,12 +407,13 @@ def _chunks(items: list, size: int) -> Iterator[list]:
 Row = tuple[float, float, int, float]
 
 
-def _summarise(total: Tensor, logits: Tensor, label: int) -> list[Row]:
+def _summarise(total: Tensor, logits: Tensor, labels: list[int]) -> list[Row]:
     p = logits.float().softmax(1)
     tp, t = p.max(1)
+    pl = p[:, labels].sum(1)
     return [
-        (float(a), float(pl), int(c), float(q))
-        for a, pl, c, q in zip(total.tolist(), p[:, label].tolist(), t.tolist(), tp.tolist())
+        (float(a), float(q0), int(c), float(q))
+        for a, q0, c, q in zip(total.tolist(), pl.tolist(), t.tolist(), tp.tolist())
     ]
 
 
@@ -412,7 +424,7 @@ def _incremental(
     act_ref: Any,
     out_ref: Any,
     channel: int,
-    label: int,
+    labels: list[int],
 ) -> list[Row]:
     rows: list[Row] = []
     C = int(setup.x.shape[0])
@@ -434,11 +446,11 @@ def _incremental(
             total = clean_total + (new - old).flatten(1).sum(1)
         else:
             total = a[:, channel].reshape(B, -1).sum(1)
-        rows += _summarise(total, logits, label)
+        rows += _summarise(total, logits, labels)
     return rows
 
 
-def _brute(setup: _Setup, pos: list[tuple[int, int]], channel: int, label: int) -> list[Row]:
+def _brute(setup: _Setup, pos: list[tuple[int, int]], channel: int, labels: list[int]) -> list[Row]:
     """Full forward passes of occluded copies, a batch at a time."""
     model, x, P = setup.model, setup.x, setup.patch
     module = dict(model.named_modules())[setup.layer.module]
@@ -463,7 +475,7 @@ def _brute(setup: _Setup, pos: list[tuple[int, int]], channel: int, label: int) 
                 seen.clear()
                 calls[0] = 0
                 logits = model(xb)
-                rows += _summarise(seen[0], logits, label)
+                rows += _summarise(seen[0], logits, labels)
     finally:
         handle.remove()
     return rows
