@@ -198,6 +198,10 @@ class InvarianceResult:
             out.append(float(vals[lost[np.argmin(dev[lost])]]) if len(lost) else None)
         return out
 
+    def lost_text(self, transform: str) -> list[str]:
+        """`lost_at` as words: a value, "original" (not top-1 even untransformed) or "never"."""
+        return [_fmt_lost(transform, v) for v in self.lost_at(transform)]
+
     def summary_rows(self) -> list[dict[str, str]]:
         """Per transform and layer, per image and their mean: the distance at the largest
         shift, and where the true label is lost."""
@@ -208,11 +212,12 @@ class InvarianceResult:
             far = np.flatnonzero(np.isclose(dev, dev.max()))
             at = "/".join(f"{v:g}" for v in vals[far])
             lost = self.lost_at(t)
+            words = self.lost_text(t)
             for layer in self.layers:
                 d = self.distance[t][layer][:, far].mean(1)
                 r = self.relative[t][layer][:, far].mean(1)
                 for i, name in enumerate(self.images):
-                    rows.append(_row(t, layer, name, at, d[i], r[i], _fmt_lost(t, lost[i])))
+                    rows.append(_row(t, layer, name, at, d[i], r[i], words[i]))
                 n_lost = sum(v is not None for v in lost)
                 rows.append(
                     _row(t, layer, "mean", at, d.mean(), r.mean(), f"{n_lost}/{len(lost)} lost")
@@ -332,9 +337,13 @@ def resolve_label(model: nn.Module, label: str | int) -> int:
         raise ConvscopeError(
             f"label {label!r}: {info_of(model).name} has no class names; give a class index"
         )
-    lower = [n.lower() for n in names]
-    if str(label).lower() in lower:
-        return lower.index(str(label).lower())
+
+    def norm(text: str) -> str:
+        return text.lower().replace(" ", "_")
+
+    lower = [norm(n) for n in names]
+    if norm(str(label)) in lower:
+        return lower.index(norm(str(label)))
     close = [n for n in names if str(label).lower() in n.lower()][:3]
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     raise ConvscopeError(f"no class named {label!r} in {info_of(model).name}{hint}")
