@@ -652,7 +652,29 @@ def train_from_scratch(
             opt.zero_grad()
             loss.backward()
             opt.step()
+    recalibrate_batchnorm(net, x, batch)
     return net.eval()
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(net: nn.Module, x: Tensor, batch: int = 32) -> None:
+    """Set BatchNorm running statistics to the exact averages over `x`.
+
+    A short run on a few images leaves them far from the data when the momentum is small
+    (EfficientNet's is 0.01): in eval mode the network would then predict one class.
+    """
+    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches below
+    net.train()
+    for s in range(0, len(x), batch):
+        net(x[s : s + batch])
+    for m, momentum in zip(norms, saved):
+        m.momentum = momentum
 
 
 @torch.no_grad()
