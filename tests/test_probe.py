@@ -170,3 +170,18 @@ def test_cli_bad_input_is_one_line(tmp_path, capsys) -> None:
     assert len(err) == 1 and "has only 4" in err[0]
     assert main([*args, "--classifier", "knn"]) == 2
     assert "unknown classifier" in capsys.readouterr().err
+
+
+def test_batchnorm_recalibrated_to_the_data() -> None:
+    from convscope.analyses.probe import recalibrate_batchnorm
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 4, 3)
+    bn = nn.BatchNorm2d(4, momentum=0.01)
+    net = nn.Sequential(conv, bn)
+    x = torch.randn(40, 3, 8, 8) * 3 + 5
+    recalibrate_batchnorm(net, x, batch=8)
+    with torch.no_grad():
+        y = conv(x)
+    torch.testing.assert_close(bn.running_mean, y.mean((0, 2, 3)), rtol=1e-4, atol=1e-4)
+    assert bn.momentum == 0.01
