@@ -85,6 +85,11 @@ def assert_matches(r: OcclusionResult, ref: tuple, mask: np.ndarray | None = Non
     assert (r.top_class[m] == top[m]).all()
 
 
+@pytest.fixture(scope="module")
+def lite0() -> nn.Module:
+    return load("efficientnet_lite0")
+
+
 def _zfnet() -> nn.Module:
     return kaiming(load("zfnet"))
 
@@ -99,8 +104,8 @@ def _resnetish() -> nn.Module:
 
 # model, image size, layer module, patch, stride
 CASES = {
-    "zfnet": (_zfnet, 224, "features.relu5", 48, 44),  # patch > stride; borders and corners
-    "alexnet": (_alexnet, 224, "features.relu5", 56, 56),  # patch == stride
+    "zfnet": (_zfnet, 224, "features.relu5", 96, 64),  # patch > stride; borders and corners
+    "alexnet": (_alexnet, 224, "features.relu5", 112, 112),  # patch == stride
     "resnetish-bn": (_resnetish, 96, "layer2.1", 20, 19),
 }
 
@@ -128,10 +133,10 @@ def test_exact_equals_brute_force_loop(name: str) -> None:
 
 
 @pytest.mark.slow
-def test_exact_and_approximate_on_efficientnet_lite0() -> None:
-    model = load("efficientnet_lite0")
+def test_exact_and_approximate_on_efficientnet_lite0(lite0: nn.Module) -> None:
+    model = lite0
     x = photos(info_of(model).preprocess, ("coffee",))[0]
-    patch, stride = 40, 23
+    patch, stride = 40, 46
     exact = occlusion(model, x, patch=patch, stride=stride, method="exact")
     fill = torch.tensor(exact.fill)
     # "head" is the second call of the ReLU6 module `_swish` (the first is after the stem).
@@ -147,28 +152,6 @@ def test_exact_and_approximate_on_efficientnet_lite0() -> None:
     assert_matches(approx, ref, approx.computed)
 
 
-def test_head_activation_of_efficientnet_matches_second_relu6_call() -> None:
-    """The layer `head` is the second call of one ReLU6 module: read it by call index."""
-    model = load("efficientnet_lite0")
-    x = photos(info_of(model).preprocess, ("chelsea",))[0]
-    r = occlusion(model, x, patch=112, stride=112, method="exact")
-    fill = torch.tensor(r.fill)
-    mod = model._swish
-    for i, y in enumerate(r.ys):
-        for j, x0 in enumerate(r.xs):
-            occluded = x.clone()
-            occluded[:, y : y + 112, x0 : x0 + 112] = fill.view(-1, 1, 1)
-            seen: list[torch.Tensor] = []
-            h = mod.register_forward_hook(lambda m, a, out, seen=seen: seen.append(out.clone()))
-            with torch.no_grad():
-                p = model(occluded[None]).softmax(1)[0]
-            h.remove()
-            assert len(seen) == 2
-            total = float(seen[1][0, r.channel].sum())
-            assert abs(r.activation[i, j] - total) <= 1e-4 * max(1.0, abs(total))
-            assert abs(r.probability[i, j] - float(p[r.labels].sum())) <= 1e-4
-
-
 def test_approximate_fine_positions_equal_brute_force_on_vggish() -> None:
     model = kaiming(VGGish(), seed=3)
     x = torch.randn(3, 64, 64, generator=torch.Generator().manual_seed(0))
@@ -176,11 +159,11 @@ def test_approximate_fine_positions_equal_brute_force_on_vggish() -> None:
         model,
         x,
         patch=12,
-        stride=4,
+        stride=6,
         layer="features.relu5",
         method="approximate",
         tau=1.0,
-        coarse=3,
+        coarse=2,
         drill=0.2,
     )
     ref = reference(
@@ -193,9 +176,9 @@ def test_approximate_fine_positions_equal_brute_force_on_vggish() -> None:
 def test_capped_boxes_are_an_approximation_close_to_exact() -> None:
     model = kaiming(VGGish(), seed=4)
     x = torch.randn(3, 64, 64, generator=torch.Generator().manual_seed(1))
-    exact = occlusion(model, x, patch=12, stride=4, layer="features.relu5")
+    exact = occlusion(model, x, patch=12, stride=8, layer="features.relu5")
     approx = occlusion(
-        model, x, patch=12, stride=4, layer="features.relu5", method="approximate", tau=0.5,
+        model, x, patch=12, stride=8, layer="features.relu5", method="approximate", tau=0.5,
         coarse=1,
     )  # fmt: skip
     assert approx.computed.all()
@@ -266,11 +249,11 @@ def test_result_round_trips_through_a_folder(tmp_path) -> None:
 
 
 @pytest.mark.slow
-def test_cat_probability_falls_when_the_face_is_covered() -> None:
+def test_cat_probability_falls_when_the_face_is_covered(lite0: nn.Module) -> None:
     """The pretrained net, a real cat's face pasted onto a brick wall: covering the face
     lowers p(cat) more than covering anything else."""
     skimage_data = pytest.importorskip("skimage.data")
-    model = load("efficientnet_lite0")
+    model = lite0
     wall = Image.fromarray(skimage_data.brick()).convert("RGB").resize((224, 224))
     canvas = np.asarray(wall).copy()
     top, left, h, w = 62, 37, 100, 150
@@ -314,8 +297,8 @@ def test_bad_input_is_one_line_error(small: nn.Module, kwargs: dict, message: st
     assert "\n" not in str(e.value)
 
 
-def test_unknown_class_name_suggests_close_ones() -> None:
-    model = load("efficientnet_lite0")
+def test_unknown_class_name_suggests_close_ones(lite0: nn.Module) -> None:
+    model = lite0
     with pytest.raises(ConvscopeError, match="did you mean tabby") as e:
         occlusion(model, torch.zeros(3, 64, 64), patch=64, stride=64, label="tabbby")
     assert "\n" not in str(e.value)
@@ -327,6 +310,7 @@ def test_image_the_model_cannot_take(small: nn.Module) -> None:
     assert "\n" not in str(e.value)
 
 
+@pytest.mark.slow
 def test_cli_writes_maps_and_figures(tmp_path, capsys) -> None:
     path = tmp_path / "cat.png"
     Image.fromarray(sample_image("chelsea")).save(path)
