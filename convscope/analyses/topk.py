@@ -581,6 +581,13 @@ def _claim_everywhere(
         return claim(run_dir, key, resume=resume, overwrite=overwrite)
     import torch.distributed as dist
 
+    keys: list = [None] * world
+    dist.all_gather_object(keys, key)
+    if any(k != keys[0] for k in keys):
+        raise ConvscopeError(
+            "the processes disagree on the run (model weights, data or settings differ between "
+            "ranks); with a randomly initialised model pass the same --weights to every process"
+        )
     answer: list = [None]
     if rank == 0:
         try:
