@@ -519,8 +519,9 @@ def _drill_down(
     for flat in chosen:
         a, b = divmod(int(flat), len(cj))
         i0, j0 = ci[a], cj[b]
-        for i in range(max(0, i0 - coarse + 1), min(ny, i0 + coarse)):
-            for j in range(max(0, j0 - coarse + 1), min(nx, j0 + coarse)):
+        # The coarse position's cell: the fine positions nearer to it than to its neighbours.
+        for i in range(max(0, i0 - coarse // 2), min(ny, i0 + (coarse + 1) // 2)):
+            for j in range(max(0, j0 - coarse // 2), min(nx, j0 + (coarse + 1) // 2)):
                 if not computed[i, j]:
                     todo.add((i, j))
     if todo:
