@@ -167,3 +167,19 @@ def test_cli_on_a_real_run_and_bad_runs(run_dir, tmp_path, capsys) -> None:
     )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "different architectures" in err[0]
+
+
+@pytest.mark.slow
+def test_filters_and_probe_take_a_run_folder(run_dir, tmp_path) -> None:
+    from convscope.analyses.filters import FilterReport
+    from convscope.analyses.probe import ProbeResult
+
+    out = tmp_path / "f"
+    assert main(["filters", "--model", str(run_dir), "--no-aliasing", "--out", str(out)]) == 0
+    report = FilterReport.load(out)
+    assert report.model == "zfnet-small" and report.kernel == [3, 3]
+    args = ["probe", "--model", str(run_dir), "--epoch", "1", "--data", "sklearn:digits"]
+    args += ["--images-per-class", "6", "--per-class", "3", "--folds", "1"]
+    assert main([*args, "--layers", "conv1,fc7", "--out", str(tmp_path / "p")]) == 0
+    result = ProbeResult.load(tmp_path / "p")
+    assert [r.layer for r in result.rows if r.classifier == "svm"] == ["conv1", "fc7"]

@@ -105,6 +105,39 @@ def load_run(run_dir: str | Path, epochs: Sequence[int] | None = None) -> list[S
     return [load_snapshot(run_dir, e) for e in sorted(chosen)]
 
 
+def is_run(path: str | Path) -> bool:
+    return Path(path).is_dir() and (Path(path) / "config.json").is_file()
+
+
+def model_from_run(run_dir: str | Path, epoch: int | None = None) -> nn.Module:
+    """The network of a training run after `epoch` (default: its last snapshot), prepared
+    for convscope's tools as the run prepared its images (mean colour, scale)."""
+    from convscope.train import list_snapshots, load_snapshot
+
+    epochs = list_snapshots(run_dir)
+    if not epochs:
+        raise ConvscopeError(f"training run {run_dir} has no snapshots yet")
+    return load_snapshot(run_dir, epochs[-1] if epoch is None else epoch).model
+
+
+def load_model_or_run(
+    spec: str,
+    weights: str | None = None,
+    epoch: int | None = None,
+    trust_pickle: bool = False,
+) -> nn.Module:
+    """`spec` as `convscope.models.load` takes it, or a training run folder (its snapshot)."""
+    from convscope.models import load
+
+    if is_run(spec):
+        if weights is not None:
+            raise ConvscopeError(
+                f"{spec} is a training run: drop --weights (use --epoch to pick a snapshot)"
+            )
+        return model_from_run(spec, epoch)
+    return load(spec, weights, trust_pickle=trust_pickle)
+
+
 def check_same_architecture(snapshots: Sequence[SnapshotLike]) -> None:
     if len(snapshots) < 2:
         raise ConvscopeError(

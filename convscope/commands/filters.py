@@ -7,15 +7,15 @@ import random
 import re
 from pathlib import Path
 
+from convscope.analyses.evolution import load_model_or_run
 from convscope.analyses.filters import (
     DEAD_RATIO,
     compare_pictures,
     plot_spectra,
     write_diagnostics,
 )
-from convscope.commands._common import add_model_args, model_from_args, out_dir
+from convscope.commands._common import add_model_args, out_dir
 from convscope.errors import ConvscopeError
-from convscope.models import load
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -41,6 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--fold-bn", action="store_true", help="fold a following BatchNorm's scale into the filters"
+    )
+    p.add_argument(
+        "--epoch", type=int, help="with --model TRAIN_RUN_DIR: that snapshot (default: the last)"
     )
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=run)
@@ -69,10 +72,17 @@ def run(args: argparse.Namespace) -> int:
         raise ConvscopeError(f"--images must be at least 1, got {args.images}")
     out = out_dir(args.out)
     photos = None if args.no_aliasing else photos_for(args.data, args.images)
-    models = [(args.model, model_from_args(args))]
+    models = [
+        (args.model, load_model_or_run(args.model, args.weights, args.epoch, args.trust_pickle))
+    ]
     if args.compare:
         models.append(
-            (args.compare, load(args.compare, args.compare_weights, trust_pickle=args.trust_pickle))
+            (
+                args.compare,
+                load_model_or_run(
+                    args.compare, args.compare_weights, trust_pickle=args.trust_pickle
+                ),
+            )
         )
     folders, results = [], []
     for i, (spec, model) in enumerate(models):

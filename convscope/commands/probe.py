@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from convscope.analyses.evolution import load_model_or_run
 from convscope.analyses.probe import (
     CLASSIFIERS,
     default_layers,
@@ -14,7 +15,7 @@ from convscope.analyses.probe import (
     probe,
     transfer_vs_scratch,
 )
-from convscope.commands._common import add_model_args, model_from_args, out_dir
+from convscope.commands._common import add_model_args, out_dir
 from convscope.errors import ConvscopeError
 
 
@@ -58,6 +59,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scratch-folds", type=int, default=2, help="folds trained from scratch (2)")
     p.add_argument("--scratch-size", type=int, help="input size for scratch training")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--epoch", type=int, help="with --model TRAIN_RUN_DIR: that snapshot (default: the last)"
+    )
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=run)
 
@@ -72,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConvscopeError(f"--images-per-class must be at least 2, got {args.images_per_class}")
     out = out_dir(args.out)
     data = labelled_images(args.data, args.images_per_class, seed=args.seed)
-    model = model_from_args(args)
+    model = load_model_or_run(args.model, args.weights, args.epoch, args.trust_pickle)
     layers = parse_list(args.layers, "--layers") if args.layers else default_layers(model)
     cache = Path(args.cache) if args.cache else out / "features"
     result = probe(
