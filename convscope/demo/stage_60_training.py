@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from convscope.demo import DemoContext, Figure, Section, Table
-from convscope.render.images import grid, projection_to_rgb, save_png, side_by_side
+from convscope.render.images import grid, projection_to_rgb, save_png
 from convscope.train import Trainer, list_snapshots, load_snapshot, prepare_config
 
 TITLE = "Training: zfnet-small on handwritten digits with the paper's recipe"
@@ -67,14 +67,11 @@ def run(ctx: DemoContext) -> Section:
             "validation on held-out digits, centre crop); dotted: learning rate",
         )
     )
-    rows = []
+    tiles = []
     for epoch in list_snapshots(run_dir):
         w = load_snapshot(run_dir, epoch).model.features.conv1.weight.detach()
-        tiles = [_upscale(projection_to_rgb(f), 4) for f in w[:16]]
-        rows.append(grid(tiles, cols=16, gap=1))
-    path = save_png(
-        np.concatenate([side_by_side(r) for r in rows], axis=0), run_dir / "conv1_filters.png"
-    )
+        tiles += [_upscale(projection_to_rgb(f), 8) for f in w[:16]]
+    path = save_png(grid(tiles, cols=16, gap=3), run_dir / "conv1_filters.png")
     section.figures.append(
         Figure(
             str(path.relative_to(ctx.out)),
