@@ -108,6 +108,8 @@ class DeconvNet:
     def project_targets(self, rec: Recording, targets: Targets) -> Projections:
         """Project T activations of the recorded layer, `self.rows` at a time."""
         H, W = rec.tape.input_shape[-2:]
+        dev = rec.activation.device
+        targets = Targets(*(t.to(dev) for t in vars(targets).values()))
         windows, offsets = [], []
         for start in range(0, len(targets.image), self.rows):
             part = slice(start, start + self.rows)
@@ -140,8 +142,9 @@ def select(
             raise ConvscopeError(
                 f"channel {c} is out of range: the layer has {C} channels (0..{C - 1})"
             )
-    image = torch.arange(N).repeat_interleave(len(channels))
-    channel = torch.tensor(list(channels), dtype=torch.long).repeat(N)
+    dev = activation.device
+    image = torch.arange(N, device=dev).repeat_interleave(len(channels))
+    channel = torch.tensor(list(channels), dtype=torch.long, device=dev).repeat(N)
     if activation.dim() == 2:
         value = activation[image, channel]
         minus = torch.full_like(image, -1)
@@ -160,18 +163,18 @@ def select(
         xs = torch.full_like(image, x)
     elif mode == "map":
         minus = torch.full_like(image, -1)
-        return Targets(image, channel, minus, minus, torch.zeros(len(image)))
+        return Targets(image, channel, minus, minus, activation.new_zeros(len(image)))
     else:
         flat = maps.flatten(1).argmax(1)
         ys, xs = flat // w, flat % w
-    value = maps[torch.arange(len(image)), ys, xs]
+    value = maps[torch.arange(len(image), device=dev), ys, xs]
     return Targets(image, channel, ys, xs, value)
 
 
 def _seed(activation: Tensor, t: Targets, part: slice) -> Signal:
     image, channel, ys, xs = t.image[part], t.channel[part], t.y[part], t.x[part]
     B = len(image)
-    rows = torch.arange(B)
+    rows = torch.arange(B, device=activation.device)
     if activation.dim() == 2:
         data = activation.new_zeros(B, activation.shape[1])
         data[rows, channel] = t.value[part].to(data.dtype)
@@ -207,7 +210,7 @@ def descend(rec: Recording, seed: Signal, owner: Tensor, norm: str, *, clip: boo
     result = signals.get(Ref(0))
     if result is None:  # nothing reached the input: the projection is zero
         n = len(owner)
-        result = Signal.of(torch.zeros(n, *tape.input_shape[1:]))
+        result = Signal.of(rec.activation.new_zeros(n, *tape.input_shape[1:]))
     if result.off is None:
         result = Signal.of(result.data)
     return result
@@ -231,7 +234,7 @@ def _same_size(windows, offsets, size, hw):
     out_w, out_o = [], []
     for w, o in zip(windows, offsets):
         sig = fit(Signal(w, o, hw))
-        top = torch.tensor([hw[0] - size[0], hw[1] - size[1]])
+        top = torch.tensor([hw[0] - size[0], hw[1] - size[1]], device=o.device)
         off = torch.maximum(torch.minimum(sig.off, top), torch.zeros_like(sig.off))
         out_w.append(reframe(sig, off, size))
         out_o.append(off)

@@ -45,13 +45,14 @@ def measure(rec: Recording) -> ReceptiveField | None:
     # Measured on a much larger canvas would avoid clipping; instead, seed the centre unit
     # and its lower-right neighbour and read the unclipped window from the geometry.
     cy, cx = h // 2, w // 2
-    ys = torch.tensor([cy, min(cy + 1, h - 1)])
-    xs = torch.tensor([cx, min(cx + 1, w - 1)])
+    ys = torch.tensor([cy, min(cy + 1, h - 1)], device=act.device)
+    xs = torch.tensor([cx, min(cx + 1, w - 1)], device=act.device)
     data = act.new_zeros(2, act.shape[1], 1, 1)
     data[:, 0] = 1.0
     seed = Signal(data, torch.stack([ys, xs], 1), (h, w))
     with torch.no_grad():
-        sig = descend(rec, seed, torch.zeros(2, dtype=torch.long), "identity", clip=False)
+        owner = torch.zeros(2, dtype=torch.long, device=act.device)
+        sig = descend(rec, seed, owner, "identity", clip=False)
     assert sig.off is not None
     size = (int(sig.data.shape[-2]), int(sig.data.shape[-1]))
     off = sig.off

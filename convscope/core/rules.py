@@ -103,7 +103,8 @@ def conv(node: Node, g: Signal, ctx: Context) -> dict[Ref, Signal]:
     # Full support of the window (padding 0), then placed at offset * stride - padding.
     y = F.conv_transpose2d(g.data, weight, stride=stride, dilation=dilation, groups=groups)
     assert g.off is not None
-    off = g.off * torch.tensor(stride) - torch.tensor(padding)
+    dev = g.off.device
+    off = g.off * torch.tensor(stride, device=dev) - torch.tensor(padding, device=dev)
     return {x: ctx.fit(Signal(y, off, _in_hw(ctx, x)))}
 
 
@@ -128,8 +129,9 @@ def unpool(node: Node, g: Signal, ctx: Context) -> dict[Ref, Signal]:
     assert g.off is not None
     B, C, h, w = g.data.shape
     Ho, Wo = idx_all.shape[-2:]
-    ys = g.off[:, :1] + torch.arange(h)  # B x h, map rows of the window
-    xs = g.off[:, 1:] + torch.arange(w)
+    dev = g.off.device
+    ys = g.off[:, :1] + torch.arange(h, device=dev)  # B x h, map rows of the window
+    xs = g.off[:, 1:] + torch.arange(w, device=dev)
     rows = ctx.owner[:, None, None]
     idx = idx_all[rows, :, ys.clamp(0, Ho - 1)[:, :, None], xs.clamp(0, Wo - 1)[:, None, :]]
     idx = idx.permute(0, 3, 1, 2)  # B x C x h x w, flat indices into the input map
@@ -137,7 +139,7 @@ def unpool(node: Node, g: Signal, ctx: Context) -> dict[Ref, Signal]:
         off_in = torch.zeros_like(g.off)
         size = (Hi, Wi)
     else:
-        off_in = g.off * torch.tensor([sy, sx]) - torch.tensor([py, px])
+        off_in = g.off * torch.tensor([sy, sx], device=dev) - torch.tensor([py, px], device=dev)
         size = ((h - 1) * sy + dy * (ky - 1) + 1, (w - 1) * sx + dx * (kx - 1) + 1)
     local = (idx // Wi - off_in[:, 0, None, None, None]) * size[1] + (
         idx % Wi - off_in[:, 1, None, None, None]
@@ -270,7 +272,7 @@ def pad(node: Node, g: Signal, ctx: Context) -> dict[Ref, Signal]:
         return linear_by_autograd(node, g, ctx)
     left, top = widths[0], (widths[2] if len(widths) == 4 else 0)
     assert g.off is not None
-    off = g.off - torch.tensor([top, left])
+    off = g.off - torch.tensor([top, left], device=g.off.device)
     return {x: ctx.fit(Signal(g.data, off, _in_hw(ctx, x)))}
 
 
@@ -286,10 +288,7 @@ def linear_by_autograd(node: Node, g: Signal, ctx: Context) -> dict[Ref, Signal]
     refs = list(dict.fromkeys(node.refs()))
     data = materialize(g)
     B = data.shape[0]
-    zeros = {
-        r: torch.zeros((B, *ctx.tape.shape(r)[1:]), requires_grad=True, dtype=data.dtype)
-        for r in refs
-    }
+    zeros = {r: data.new_zeros((B, *ctx.tape.shape(r)[1:])).requires_grad_(True) for r in refs}
 
     def put(v: Any) -> Any:
         if isinstance(v, Ref):
