@@ -270,3 +270,81 @@ def test_conv_weights_are_the_model_parameters() -> None:
     model = build_net("zfnet-small")
     params = {id(p) for p in model.parameters()}
     assert len(conv_weights(model)) == 5 and all(id(w) in params for w in conv_weights(model))
+
+
+# ---- config and the two pipelines ----------------------------------------------------------
+
+
+def test_config_file_and_flags_resolve_in_order(tmp_path: Path) -> None:
+    from convscope.train.config import read_config_file
+
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"lr": 0.02, "momentum": 0.5, "arch": "alexnet-small"}))
+    cfg = prepare_config(
+        {"lr": 0.03, "out": str(tmp_path / "r"), "data": "x"}, read_config_file(path)
+    )
+    assert (cfg.lr, cfg.momentum, cfg.arch) == (0.03, 0.5, "alexnet-small")
+    assert (cfg.resize, cfg.crop, cfg.init, cfg.pipeline) == (36, 32, "kaiming", "memory")
+    assert cfg.snapshots == [1, 2, 5, 10, 20, 30, 40, 64, 70]
+    full = prepare_config({"arch": "zfnet", "out": str(tmp_path / "f"), "data": "x"})
+    assert (full.resize, full.crop, full.init, full.input_scale) == (256, 224, "paper", "raw")
+    assert full.pipeline == "stream" and full.dropout == 0.5 and full.batch_size == 128
+    path.write_text(json.dumps({"learning_rate": 0.1}))
+    with pytest.raises(ConvscopeError, match="unknown setting"):
+        read_config_file(path)
+
+
+def test_stream_and_memory_pipelines_give_the_same_batches(tmp_path: Path) -> None:
+    from convscope.train.data import (
+        TEN,
+        MemoryPipeline,
+        StreamPipeline,
+        compute_normalizer,
+        decode_all,
+        scan_folder,
+    )
+
+    rng = np.random.default_rng(1)
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        for i in range(3):  # odd sizes: the shorter side goes to 20, then a centre square
+            px = rng.integers(0, 255, (24 + 5 * i, 30, 3), dtype=np.uint8)
+            Image.fromarray(px).save(tmp_path / c / f"{i}.png")
+    files = scan_folder(tmp_path)
+    decoded, _ = decode_all(files, 20)
+    norm = compute_normalizer(iter([decoded.pixels]), 20, "std")
+    memory = MemoryPipeline(decoded, 20, 16, norm)
+    stream = StreamPipeline(files, 20, 16, norm)
+    idx = [torch.tensor([5, 0, 3]), torch.tensor([1, 2, 4])]
+    codes = torch.tensor([0, 9, 3, 4, 7, 5])
+    for ten in (False, True):
+        c = TEN if ten else codes
+        got = list(stream.batches(idx, c, workers=0))
+        want = list(memory.batches(idx, c))
+        for (xs, ys, bad), (xm, ym, _) in zip(got, want):
+            assert bad == 0 and torch.equal(ys, ym)
+            torch.testing.assert_close(xs, xm)
+    # code 5 is the flipped first corner
+    x0 = memory.load(torch.tensor([0]), 0)[0]
+    x5 = memory.load(torch.tensor([0]), 5)[0]
+    assert torch.equal(x5, x0.flip(-1))
+
+
+@pytest.mark.slow
+def test_full_size_alexnet_trains_from_a_folder(tmp_path: Path) -> None:
+    data = _folder(tmp_path / "data", {"cat": 2, "dog": 2})
+    out, history = _train(
+        tmp_path,
+        arch="alexnet",
+        data=str(data),
+        batch_size=2,
+        epochs=1,
+        limit_per_class=None,
+        workers=0,
+        snapshots=[1],
+        resize=230,
+    )
+    assert history[0]["train_loss"] > 0 and list_snapshots(out) == [1]
+    snap = load_snapshot(out, 1)
+    assert snap.model.features.conv1.kernel_size == (11, 11)
+    assert snap.prepare(torch.zeros(1, 3, 32, 40, dtype=torch.uint8)).shape == (1, 3, 224, 224)
