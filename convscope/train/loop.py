@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -71,7 +72,8 @@ def prepare_config(
                 f"{'; '.join(diffs)} (run vs now); drop them or start a new --out"
             )
         return cfg
-    if (run / "config.json").exists():
+    # Under torchrun process 0 may already have started this run: only it checks.
+    if os.environ.get("RANK", "0") == "0" and (run / "config.json").exists():
         raise ConvscopeError(
             f"{run} already holds a training run; pass --resume to continue it or choose "
             "another --out"
