@@ -79,6 +79,9 @@ def test_grid_has_one_column_per_snapshot_and_final_is_one() -> None:
         assert result.value(layer, 10, "filter_similarity") == pytest.approx(1.0)
         assert result.value(layer, 10, "top9_overlap") == 1.0
         assert result.value(layer, 0, "filter_similarity") < 0.95
+        assert result.value(layer, 0, "filter_progress") == 0.0
+        assert result.value(layer, 10, "filter_progress") == pytest.approx(1.0)
+        assert 0.0 < result.value(layer, 3, "filter_progress") < 1.0
     assert all(len(v) == 3 for v in result.maps.values())
 
 

@@ -216,6 +216,9 @@ class EvolutionRow:
     epoch: int
     filter_similarity: float
     top9_overlap: float
+    # How far the filters have come from the first snapshot towards the final ones:
+    # (similarity - first similarity) / (1 - first similarity); 0 at the first snapshot.
+    filter_progress: float = 0.0
 
 
 @dataclass
@@ -236,10 +239,16 @@ class EvolutionResult:
         (folder / "evolution.json").write_text(json.dumps(asdict(self), indent=2))
         with open(folder / "evolution.csv", "w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(["layer", "epoch", "filter_similarity", "top9_overlap"])
+            w.writerow(["layer", "epoch", "filter_similarity", "filter_progress", "top9_overlap"])
             for r in self.rows:
                 w.writerow(
-                    [r.layer, r.epoch, f"{r.filter_similarity:.4f}", f"{r.top9_overlap:.4f}"]
+                    [
+                        r.layer,
+                        r.epoch,
+                        f"{r.filter_similarity:.4f}",
+                        f"{r.filter_progress:.4f}",
+                        f"{r.top9_overlap:.4f}",
+                    ]
                 )
 
     @classmethod
@@ -271,10 +280,11 @@ class EvolutionResult:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+        fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
         for ax, what, title in (
             (axes[0], "filter_similarity", "filters: mean best-match cosine to final"),
-            (axes[1], "top9_overlap", "top-9 images: overlap with final"),
+            (axes[1], "filter_progress", "filters: share of the way from first to final"),
+            (axes[2], "top9_overlap", "top-9 images: overlap with final"),
         ):
             for layer in self.layers:
                 ax.plot(
@@ -284,7 +294,8 @@ class EvolutionResult:
                     label=layer,
                 )
             ax.set_xlabel("epoch")
-            ax.set_ylim(0, 1.02)
+            low = min(self.value(lay, e, what) for lay in self.layers for e in self.epochs)
+            ax.set_ylim(min(0.0, low), 1.02)
             ax.set_title(title, fontsize=10)
             if len(self.epochs) > 2 and self.epochs[-1] / max(self.epochs[0], 1) >= 10:
                 ax.set_xscale("log")
@@ -374,13 +385,16 @@ def evolve(
         run, [s.epoch for s in snapshots], list(layers), chosen, int(pixels.shape[0])
     )
     for layer in layers:
+        sims = [best_match_similarity(weights[layer][-1], w) for w in weights[layer]]
+        span = 1.0 - sims[0]
         for i, snap in enumerate(snapshots):
             result.rows.append(
                 EvolutionRow(
                     layer,
                     snap.epoch,
-                    best_match_similarity(weights[layer][-1], weights[layer][i]),
+                    sims[i],
                     top_overlap(tops[layer][-1], tops[layer][i]),
+                    (sims[i] - sims[0]) / span if span > 1e-9 else 1.0,
                 )
             )
     ordered = [(layer, c) for layer in layers for c in chosen[layer]]
@@ -432,13 +446,15 @@ def default_layers(model: nn.Module) -> list[str]:
 
 
 def describe(result: EvolutionResult) -> list[str]:
-    """One line per layer: when its filters and top-9 sets settle (>= 0.9 of final)."""
+    """One line per layer: its top-9 overlap and filter progress at each snapshot."""
     lines = []
     for layer in result.layers:
-        first = result.epochs[0]
+        overlap = ", ".join(f"{result.value(layer, e, 'top9_overlap'):.2f}" for e in result.epochs)
+        progress = ", ".join(
+            f"{result.value(layer, e, 'filter_progress'):.2f}" for e in result.epochs
+        )
         lines.append(
-            f"{layer}: filter similarity {result.value(layer, first, 'filter_similarity'):.2f} "
-            f"at epoch {first}, >= 0.9 from epoch {result.converged_epoch(layer)}; top-9 overlap "
-            f"{result.value(layer, first, 'top9_overlap'):.2f} at epoch {first}"
+            f"{layer}: top-9 overlap with final {overlap}; filters' progress {progress} "
+            f"(epochs {', '.join(map(str, result.epochs))})"
         )
     return lines
