@@ -282,3 +282,19 @@ def test_dog_faces_with_the_pretrained_model(tmp_path, capsys) -> None:
     assert len(m["images"]) == 6 and m["model"] == "efficientnet_lite0"
     for occ, d in m["delta"]["pool"].items():
         assert 0.0 < d < 1.0, occ
+
+
+def test_mean_face_landmarks_find_eyes_above_the_nose() -> None:
+    from convscope.demo.stage_55_correspondence import mean_face_landmarks
+
+    # A synthetic mean face: bright, with dark eyes at (7, 8) and (17, 8), a nostril at (12, 15).
+    face = np.full((25, 25), 0.8)
+    for x, y in ((7, 8), (17, 8), (12, 15)):
+        face[y - 1 : y + 2, x - 1 : x + 2] = 0.1
+    marks = mean_face_landmarks(np.stack([face, face]))
+    assert marks == {"eye_image_left": (7, 8), "eye_image_right": (17, 8), "nose": (12, 15)}
+    # On the real aligned faces: eyes level, left of right, the nose between them and lower.
+    skimage_data = pytest.importorskip("skimage.data")
+    real = mean_face_landmarks(np.asarray(skimage_data.lfw_subset()[:100]))
+    (lx, ly), (rx, ry), (nx, ny) = real["eye_image_left"], real["eye_image_right"], real["nose"]
+    assert lx < nx < rx and abs(ly - ry) <= 2 and ny > max(ly, ry) + 3

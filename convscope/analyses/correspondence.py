@@ -301,14 +301,20 @@ class CorrespondenceResult:
         return delta(h)
 
     def rows(self) -> list[dict[str, str]]:
+        """One row per layer and occlusion: Delta, its bootstrap spread, the range over draws
+        (baselines), and the comparison with each baseline: the difference and the share of
+        bootstrap resamples (the same for every occlusion) in which it is not below it."""
         rows = []
+        baselines = [b for b in BASELINES if b in self.corners]
         for layer in self.layers:
-            rand = self.delta(layer, RANDOM)
-            rb = self.boot[layer][RANDOM]
             for occ in self.occlusions:
                 b = self.boot[layer][occ]
                 d = self.delta(layer, occ)
                 lo, hi = np.nanpercentile(b, [2.5, 97.5])
+                draws = ""
+                if occ in BASELINES:
+                    per = [delta(m) for m in self.hamming[layer][occ]]
+                    draws = f"{min(per):.4f}-{max(per):.4f}"
                 row = {
                     "layer": layer,
                     "occlusion": occ,
@@ -316,10 +322,14 @@ class CorrespondenceResult:
                     "boot_std": f"{np.nanstd(b):.4f}",
                     "ci95_low": f"{lo:.4f}",
                     "ci95_high": f"{hi:.4f}",
-                    "minus_random": f"{d - rand:+.4f}",
-                    # the share of resamples in which this part is not below random
-                    "boot_not_below_random": "" if occ == RANDOM else f"{np.mean(b >= rb):.3f}",
+                    "draws_range": draws,
                 }
+                for base in baselines:
+                    name = "random" if base == RANDOM else "same_place"
+                    bb = self.boot[layer][base]
+                    same = occ == base
+                    row[f"minus_{name}"] = "" if same else f"{d - self.delta(layer, base):+.4f}"
+                    row[f"boot_not_below_{name}"] = "" if same else f"{np.mean(b >= bb):.3f}"
                 rows.append(row)
         return rows
 
