@@ -298,7 +298,9 @@ class EvolutionResult:
             ax.set_ylim(min(0.0, low), 1.02)
             ax.set_title(title, fontsize=10)
             if len(self.epochs) > 2 and self.epochs[-1] / max(self.epochs[0], 1) >= 10:
-                ax.set_xscale("log")
+                ax.set_xscale("symlog", linthresh=1)  # log-like, and epoch 0 stays visible
+                ax.set_xticks(self.epochs, [str(e) for e in self.epochs])
+                ax.set_xlim(self.epochs[0] - 0.2, self.epochs[-1] * 1.1)
         axes[0].legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(path, dpi=100)
