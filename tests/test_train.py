@@ -348,3 +348,17 @@ def test_full_size_alexnet_trains_from_a_folder(tmp_path: Path) -> None:
     snap = load_snapshot(out, 1)
     assert snap.model.features.conv1.kernel_size == (11, 11)
     assert snap.prepare(torch.zeros(1, 3, 32, 40, dtype=torch.uint8)).shape == (1, 3, 224, 224)
+
+
+@pytest.mark.slow
+def test_demo_stage_trains_and_leaves_snapshots(tmp_path: Path) -> None:
+    from convscope.demo import DemoContext
+    from convscope.demo.stage_60_training import run
+
+    ctx = DemoContext(tmp_path, quick=True)
+    section = run(ctx)
+    assert not section.failed and len(section.figures) == 2
+    for f in section.figures + section.tables:
+        assert (tmp_path / (f.path if hasattr(f, "path") else f.csv)).is_file()
+    assert list_snapshots(tmp_path / "training") == [0, 1, 2]
+    assert "validation top-1 error" in section.summary[0]

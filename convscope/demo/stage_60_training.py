@@ -42,7 +42,7 @@ def run(ctx: DemoContext) -> Section:
     if ctx.quick:
         settings["limit_per_class"] = 40
     threads = torch.get_num_threads()
-    torch.set_num_threads(min(threads, 2))
+    torch.set_num_threads(1 if ctx.quick else min(threads, 2))
     try:
         history = Trainer(prepare_config(settings)).run()
     finally:
