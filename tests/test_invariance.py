@@ -228,3 +228,30 @@ def test_command_on_real_photos(tmp_path, capsys) -> None:
     rc = main([*args, "--out", str(out)])
     assert rc == 2
     assert "--scale range 1:1:4 has no steps" in capsys.readouterr().err
+
+
+def test_capture_takes_a_shared_module_at_each_call() -> None:
+    from convscope.analyses._features import capture, capture_batched, resolve_layers
+    from convscope.core.layers import LayerRef
+
+    class Shared(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b, self.act = nn.Linear(4, 4), nn.Linear(4, 3), nn.ReLU(inplace=True)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.act(self.a(x))
+            return self.act(self.b(h)) * 2
+
+    torch.manual_seed(0)
+    m, x = Shared().eval(), torch.randn(5, 4)
+    refs = [LayerRef("act", 0), LayerRef("act", 1), *resolve_layers(m, ["b"])]
+    y, got = capture(m, x, refs)
+    with torch.no_grad():
+        first = torch.relu(m.a(x))
+        assert torch.equal(got["act"], first)
+        assert torch.equal(got["act#1"], torch.relu(m.b(first)))
+        assert torch.equal(got["b"], m.b(first))  # copied before the in-place ReLU
+        assert torch.equal(y, torch.relu(m.b(first)) * 2)
+    y2, got2 = capture_batched(m, x, refs, batch=2)
+    assert torch.allclose(y2, y) and torch.allclose(got2["act#1"], got["act#1"].flatten(1))

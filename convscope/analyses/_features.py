@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from convscope.core.layers import LayerRef, resolve_layer
+from convscope.errors import ConvscopeError
 
 
 def resolve_layers(model: nn.Module, names: Sequence[str]) -> list[LayerRef]:
@@ -50,8 +51,6 @@ def capture(
             h.remove()
     missing = [str(r) for r in refs if str(r) not in got]
     if missing:
-        from convscope.errors import ConvscopeError
-
         raise ConvscopeError(
             f"layer(s) {', '.join(missing)} did not run in the forward pass; pick another layer"
         )
