@@ -81,16 +81,20 @@ def randomized(model: nn.Module, seed: int = 0) -> nn.Module:
 MODELS = {
     "zfnet": (lambda: randomized(load("zfnet")), "features.relu5"),
     "vgg16": (lambda: randomized(vgg16()), "features.relu13"),
+    # Pretrained: its maps are those of a trained net, which is what SSIM should be judged on.
+    "efficientnet_lite0": (lambda: load("efficientnet_lite0"), "head"),
 }
 
 
-def image(scale: float) -> torch.Tensor:
+def image(model: nn.Module) -> torch.Tensor:
+    """The cat photo, preprocessed for the model (ImageNet mean/std for the random nets)."""
     from PIL import Image
 
     from convscope.data.images import preprocess
-    from convscope.models.info import IMAGENET
+    from convscope.models.info import IMAGENET, info_of
 
-    return preprocess(Image.fromarray(sample_image("chelsea")), IMAGENET) * scale
+    pre = info_of(model).preprocess if info_of(model).class_names else IMAGENET
+    return preprocess(Image.fromarray(sample_image("chelsea")), pre)
 
 
 def ssim(a: np.ndarray, b: np.ndarray) -> float:
@@ -111,18 +115,18 @@ def timed(fn, repeat: int = 1) -> float:
     return best
 
 
-def captum_three_maps(model, x, layer_module, channel, label, patch, stride, per_eval):
+def captum_three_maps(model, x, lref, channel, label, patch, stride, per_eval):
     """Captum's Occlusion, one sweep per map: the feature map's total, p(label), the top class."""
     from captum.attr import Occlusion
 
-    mod = dict(model.named_modules())[layer_module]
+    mod = dict(model.named_modules())[lref.module]
     seen: list[torch.Tensor] = []
     h = mod.register_forward_hook(lambda m, a, out: seen.append(out[:, channel].flatten(1).sum(1)))
 
     def total(inp):
         seen.clear()
         model(inp)
-        return seen[0]
+        return seen[lref.call]
 
     def prob(inp):
         return model(inp).softmax(1)[:, label]
@@ -146,7 +150,7 @@ def captum_three_maps(model, x, layer_module, channel, label, patch, stride, per
 _CAPTUM: dict[int, tuple[float, int]] = {}
 
 
-def captum_cost(model, x, layer_module, channel, label) -> tuple[float, int]:
+def captum_cost(model, x, lref, channel, label) -> tuple[float, int]:
     """Captum's ms per position for the three maps, at its best `perturbations_per_eval`.
 
     Captum runs a full forward pass per position whatever the patch, and refuses a stride
@@ -159,11 +163,7 @@ def captum_cost(model, x, layer_module, channel, label) -> tuple[float, int]:
     n = len(positions((H, H), 32, 32)[0]) ** 2
     best = None
     for per_eval in (16, 64):
-        t = timed(
-            lambda pe=per_eval: captum_three_maps(
-                model, x, layer_module, channel, label, 32, 32, pe
-            )
-        )
+        t = timed(lambda pe=per_eval: captum_three_maps(model, x, lref, channel, label, 32, 32, pe))
         if best is None or t < best[0]:
             best = (t, per_eval)
     assert best is not None
@@ -187,7 +187,7 @@ def peak_rss_child(model_name: str, patch: int, n: int) -> float:
 def sweep_positions(model_name: str, patch: int, n: int, batch: int = 32) -> None:
     factory, layer = MODELS[model_name]
     model = factory()
-    x = image(1.0)
+    x = image(model)
     engine = Incremental(model, x)
     lref = resolve_layer(model, layer)
     ar = engine.ref_of_call(lref.module, lref.call)
@@ -206,7 +206,7 @@ def bench(model_name: str, patch: int, stride: int, sample: int, batch: int, ful
     if model_name not in _LOADED:
         _LOADED[model_name] = factory()
     model = _LOADED[model_name]
-    x = image(1.0)
+    x = image(model)
     H = x.shape[-1]
     ys, xs = positions((H, H), patch, stride)
     grid = [(int(y), int(v)) for y in ys for v in xs]
@@ -235,7 +235,7 @@ def bench(model_name: str, patch: int, stride: int, sample: int, batch: int, ful
     row["exact_speedup"] = t_brute / t_exact
     row["flop_bound"] = full_macs(model, x) * len(pos) / macs_inc
     row["of_bound"] = row["exact_speedup"] / row["flop_bound"]
-    row["captum_ms"], row["captum_per_eval"] = captum_cost(model, x, lref.module, channel, label)
+    row["captum_ms"], row["captum_per_eval"] = captum_cost(model, x, lref, channel, label)
     row["vs_captum"] = row["captum_ms"] / row["exact_ms"]
     if full:
         t0 = time.perf_counter()
@@ -244,7 +244,7 @@ def bench(model_name: str, patch: int, stride: int, sample: int, batch: int, ful
             x,
             patch=patch,
             stride=stride,
-            layer=lref.module,
+            layer=layer,
             channel=channel,
             label=label,
             batch=batch,
@@ -257,7 +257,7 @@ def bench(model_name: str, patch: int, stride: int, sample: int, batch: int, ful
                 x,
                 patch=patch,
                 stride=stride,
-                layer=lref.module,
+                layer=layer,
                 channel=channel,
                 label=label,
                 batch=batch,

@@ -39,7 +39,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--batch", type=int, default=32, help="positions run together (32)")
     p.add_argument(
-        "--tau", type=float, default=0.6, help="approximate: cap per layer, fraction (0.6)"
+        "--tau",
+        type=float,
+        default=1.0,
+        help="approximate: cap each layer's changed box at this fraction of its size "
+        "(1.0: no cap; below about 0.8 the maps lose detail, see docs/occlusion.md)",
+    )
+    p.add_argument("--coarse", type=int, default=2, help="approximate: coarse grid, in strides (2)")
+    p.add_argument(
+        "--drill",
+        type=float,
+        default=0.2,
+        help="approximate: fraction of coarse cells swept at the fine stride (0.2)",
     )
     p.add_argument("--out", required=True, help="folder: one subfolder per image")
     p.set_defaults(func=run)
@@ -71,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
                 method=args.method,
                 batch=args.batch,
                 tau=args.tau,
+                coarse=args.coarse,
+                drill=args.drill,
             )
         except ConvscopeError as e:
             raise ConvscopeError(f"{path}: {e}") from e

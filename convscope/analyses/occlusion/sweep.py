@@ -280,9 +280,9 @@ def occlusion(
     channel: int | None = None,
     method: str = "exact",
     batch: int = 32,
-    tau: float = 0.6,
+    tau: float = 1.0,
     coarse: int = 2,
-    drill: float = 0.25,
+    drill: float = 0.2,
 ) -> OcclusionResult:
     """Slide a square over `image` and map, per position, the paper's three quantities.
 
@@ -505,12 +505,15 @@ def _drill_down(
     near_i = np.asarray(ci)[np.abs(np.arange(ny)[:, None] - np.asarray(ci)[None]).argmin(1)]
     near_j = np.asarray(cj)[np.abs(np.arange(nx)[:, None] - np.asarray(cj)[None]).argmin(1)]
     top[:] = top[np.ix_(near_i, near_j)]
-    # Score each coarse position by how much it moved the maps (each normalised to its range).
+    # Drill where interpolation is least to be trusted: where a coarse value differs most from
+    # its neighbours (maps normalised to their range), or the top class changes next door.
     score = np.zeros((len(ci), len(cj)))
     for m in (act, prob):
         cm = m[np.ix_(ci, cj)]
         spread = float(cm.max() - cm.min()) or 1.0
-        score = np.maximum(score, np.abs(cm - np.median(cm)) / spread)
+        score = np.maximum(score, _neighbour_jump(cm) / spread)
+    ct = top[np.ix_(ci, cj)]
+    score = np.maximum(score, _neighbour_jump((ct[:, :, None] == np.unique(ct)).astype(float)))
     k = round(drill * score.size)
     if k == 0:
         return
@@ -526,3 +529,18 @@ def _drill_down(
                     todo.add((i, j))
     if todo:
         run(sorted(todo))
+
+
+def _neighbour_jump(m: np.ndarray) -> np.ndarray:
+    """Largest absolute difference between each cell and its 4 neighbours (any trailing axes
+    are maxed over)."""
+    out = np.zeros(m.shape[:2])
+    diff_y = np.abs(np.diff(m, axis=0))
+    diff_x = np.abs(np.diff(m, axis=1))
+    if m.ndim == 3:
+        diff_y, diff_x = diff_y.max(-1), diff_x.max(-1)
+    out[1:] = np.maximum(out[1:], diff_y)
+    out[:-1] = np.maximum(out[:-1], diff_y)
+    out[:, 1:] = np.maximum(out[:, 1:], diff_x)
+    out[:, :-1] = np.maximum(out[:, :-1], diff_x)
+    return out
