@@ -214,6 +214,29 @@ def test_unbounded_operation_falls_back_and_stays_exact(caplog: pytest.LogCaptur
     assert_matches(r, ref)
 
 
+class Noisy(nn.Module):
+    """Draws random numbers in its forward pass: replaying a recording would not be it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.conv(x))
+        x = x + 1e-3 * torch.rand_like(x)
+        return self.fc(x.mean((2, 3)))
+
+
+def test_model_the_tape_cannot_replay_runs_brute_force(caplog: pytest.LogCaptureFixture) -> None:
+    model = kaiming(Noisy(), seed=9)
+    x = torch.randn(3, 16, 16, generator=torch.Generator().manual_seed(4))
+    with caplog.at_level(logging.WARNING, logger="convscope.analyses.occlusion.sweep"):
+        r = occlusion(model, x, patch=4, stride=4, layer="conv", method="exact")
+    assert r.method == "brute" and r.fallbacks and "does not reproduce" in r.fallbacks[0]
+    assert any("running brute force" in rec.getMessage() for rec in caplog.records)
+
+
 def test_captum_occlusion_agrees_when_stride_equals_patch() -> None:
     """With non-overlapping windows, Captum's attribution on a pixel is exactly the clean
     score minus the score with that pixel's window occluded."""

@@ -310,7 +310,7 @@ def occlusion(
     layer_name = layer or default_layer(model)
     lref = resolve_layer(model, layer_name)
     try:
-        engine = Incremental(model, x, tau=tau if method == "approximate" else 1.0)
+        clean_act, logits = _clean(model, x, lref)
     except ConvscopeError:
         raise
     except (RuntimeError, ValueError) as e:
@@ -319,12 +319,18 @@ def occlusion(
             f"{info.name} cannot take a {H}x{W} image ({first}); resize it to "
             f"{info.preprocess.crop}x{info.preprocess.crop}"
         ) from e
-    act_ref = engine.ref_of_call(lref.module, lref.call)
-    out_ref = engine.output_ref
-    if act_ref is None or out_ref is None:
+    if clean_act is None:
         raise ConvscopeError(f"layer {layer_name!r} does not output a tensor convscope can follow")
-    clean_act = engine.clean[act_ref]
-    logits = engine.clean[out_ref]
+    engine = None
+    refs: tuple[Any, Any] = (None, None)
+    fell_back: list[str] = []
+    if method != "brute":
+        engine, refs, why = _engine(model, x, lref, tau if method == "approximate" else 1.0)
+        if engine is None:
+            # A wrong map would be worse than a slow one.
+            log.warning("occlusion: %s; running brute force instead of %s", why, method)
+            fell_back = [f"whole model ({why})"]
+            method = "brute" if method == "exact" else method
     if not isinstance(logits, Tensor) or logits.dim() != 2:
         raise ConvscopeError("the model must return one row of class scores per image")
     classes = int(logits.shape[1])
@@ -354,10 +360,10 @@ def occlusion(
 
     def run(indices: list[tuple[int, int]]) -> None:
         pos = [(int(ys[i]), int(xs[j])) for i, j in indices]
-        if method == "brute":
+        if engine is None:
             rows = _brute(setup, pos, channel, labels)
         else:
-            rows = _incremental(engine, setup, pos, act_ref, out_ref, channel, labels)
+            rows = _incremental(engine, setup, pos, refs[0], refs[1], channel, labels)
         for (i, j), (a, p, t, tp) in zip(indices, rows):
             act[i, j], prob[i, j], top[i, j], topp[i, j] = a, p, t, tp
             computed[i, j] = True
@@ -393,10 +399,47 @@ def occlusion(
         method=method,
         model=info.name,
         seconds=round(time.perf_counter() - start_time, 3),
-        fallbacks=sorted(engine.counter.fallbacks),
+        fallbacks=sorted(engine.counter.fallbacks) if engine is not None else fell_back,
         tau=tau if method == "approximate" else 1.0,
         labels=labels,
     )
+
+
+def _clean(model: nn.Module, x: Tensor, lref: LayerRef) -> tuple[Tensor | None, Any]:
+    """The layer's output and the model's output for the unoccluded image (a plain forward)."""
+    module = dict(model.named_modules())[lref.module]
+    seen: list[Any] = []
+    handle = module.register_forward_hook(lambda m, a, out: seen.append(out))
+    try:
+        with torch.no_grad():
+            logits = model(x.unsqueeze(0))
+    finally:
+        handle.remove()
+    if len(seen) <= lref.call:
+        raise ConvscopeError(f"layer {lref} was not reached in the forward pass")
+    out = seen[lref.call]
+    out = out[0] if isinstance(out, (tuple, list)) else out
+    return (out.clone() if isinstance(out, Tensor) else None), logits
+
+
+def _engine(
+    model: nn.Module, x: Tensor, lref: LayerRef, tau: float
+) -> tuple[Incremental | None, tuple[Any, Any], str]:
+    """Incremental inference for this model, or None and why it cannot be used."""
+    try:
+        engine = Incremental(model, x, tau=tau)
+    except ConvscopeError as e:
+        return None, (None, None), str(e)
+    act_ref, out_ref = engine.ref_of_call(lref.module, lref.call), engine.output_ref
+    if act_ref is None or out_ref is None:
+        return None, (None, None), f"the output of {lref} is not on the recorded tape"
+    replayed = engine.clean[out_ref]
+    if not isinstance(replayed, Tensor) or not torch.allclose(
+        replayed, engine.output, rtol=1e-4, atol=1e-5
+    ):
+        # Data-dependent control flow or randomness: replaying the tape is not the model.
+        return None, (None, None), "replaying the recorded operations does not reproduce the model"
+    return engine, (act_ref, out_ref), ""
 
 
 def _chunks(items: list, size: int) -> Iterator[list]:
