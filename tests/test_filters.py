@@ -120,6 +120,7 @@ def test_layer2_check_and_report_round_trip(tmp_path) -> None:
         assert (tmp_path / name).is_file()
 
 
+@pytest.mark.slow
 def test_cli_compare_and_bad_layer(tmp_path, capsys) -> None:
     out = tmp_path / "f"
     rc = main(
