@@ -452,8 +452,13 @@ def run_correspondence(
         raise ConvscopeError(
             f"part {unknown[0]!r} is not in {landmarks.source}; it has {', '.join(landmarks.parts)}"
         )
+    taken = [p for p in parts if p in BASELINES]
+    if taken:
+        raise ConvscopeError(f"part name {taken[0]!r} is reserved for a baseline; rename the part")
     if patch < 1:
         raise ConvscopeError(f"--patch must be at least 1 pixel; got {patch}")
+    if rounds < 1:
+        raise ConvscopeError(f"--bootstrap must be at least 1 resample; got {rounds}")
     if draws < 1:
         raise ConvscopeError(f"--random must be at least 1 draw; got {draws}")
     if fixed_draws < 0:
