@@ -378,6 +378,7 @@ def run_invariance(
         if t not in TRANSFORMS:
             raise ConvscopeError(f"unknown transform {t!r}; use {', '.join(TRANSFORMS)}")
         check_range(r, t)
+    given = [None if g is None else resolve_label(model, g) for g in labels or [None] * len(photos)]
     values = {t: r.values() for t, r in ranges.items()}
     n, keys = len(photos), [str(r) for r in refs]
     dist = {t: {k: np.zeros((n, len(v))) for k in keys} for t, v in values.items()}
@@ -401,12 +402,11 @@ def run_invariance(
         x = torch.stack(inputs)
         y, feats = capture_batched(model, x, refs, batch=batch)
         p = y.flatten(1).double().softmax(1)
-        given = labels[i] if labels else None
-        label = resolve_label(model, given) if given is not None else int(p[0].argmax())
+        label = given[i] if given[i] is not None else int(p[0].argmax())
         if label >= p.shape[1]:
             raise ConvscopeError(f"label {label} is beyond the model's {p.shape[1]} outputs")
         label_idx.append(label)
-        label_source.append("given" if given is not None else "predicted")
+        label_source.append("given" if given[i] is not None else "predicted")
         for k in keys:
             f = feats[k].double()
             d = (f[1:] - f[0]).norm(dim=1).numpy()
