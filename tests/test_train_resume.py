@@ -30,12 +30,18 @@ SETTINGS = {
 KILL_AT = 9  # global step 9 = step 4 of epoch 2; the latest checkpoint is at step 8
 
 CHILD = """
-import os, signal, sys, torch
+import os, signal, sys, time, torch
 torch.set_num_threads(1)
 from convscope.train import Trainer, prepare_config
 settings = {settings!r}
 def kill(info, model):
     if info.global_step == {kill_at}:
+        # checkpoints are written on a thread: let the step-8 one land, as a later kill would
+        latest = os.path.join(settings["out"], "checkpoints", "latest.json")
+        for _ in range(600):
+            if os.path.exists(latest) and '"global_step": 8,' in open(latest).read():
+                break
+            time.sleep(0.05)
         os.kill(os.getpid(), signal.SIGKILL)
 Trainer(prepare_config(settings), on_step=kill).run()
 """

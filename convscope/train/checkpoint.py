@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import re
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,8 +44,9 @@ log = logging.getLogger(__name__)
 # Atomic writes
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """`write(tmp)` then rename tmp to `path`; on failure `path` is untouched."""
+def atomic_write(path: Path, write: Callable[[Path], None], sync_dir: bool = False) -> None:
+    """`write(tmp)` then rename tmp to `path`; on failure `path` is untouched. `sync_dir` also
+    makes the rename itself durable (for the file that commits a checkpoint)."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         write(tmp)
@@ -60,6 +62,8 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    if not sync_dir:
+        return
     try:
         dir_fd = os.open(path.parent, os.O_RDONLY)
         try:
@@ -70,8 +74,8 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         pass
 
 
-def write_json(path: Path, obj: Any) -> None:
-    atomic_write(path, lambda p: p.write_text(json.dumps(obj, indent=2) + "\n"))
+def write_json(path: Path, obj: Any, sync_dir: bool = False) -> None:
+    atomic_write(path, lambda p: p.write_text(json.dumps(obj, indent=2) + "\n"), sync_dir)
 
 
 def write_tensors(path: Path, tensors: dict[str, Tensor]) -> None:
@@ -96,17 +100,67 @@ def unwrap(model: nn.Module) -> nn.Module:
 # Latest checkpoint (for --resume)
 
 
+def _weights(model: nn.Module | dict[str, Tensor]) -> dict[str, Tensor]:
+    return model if isinstance(model, dict) else unwrap(model).state_dict()
+
+
+def cpu_copy(obj: Any) -> Any:
+    """A copy of nested dicts/lists of tensors with every tensor cloned to the CPU."""
+    if isinstance(obj, Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: cpu_copy(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(cpu_copy(v) for v in obj)
+    return obj
+
+
+class BackgroundWriter:
+    """Runs one write job at a time on a thread, so checkpoints cost the loop (almost)
+    nothing; `wait()` finishes the job in flight and re-raises its error, if any."""
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def submit(self, job: Callable[[], None]) -> None:
+        self.wait()
+        self._thread = threading.Thread(target=self._run, args=(job,), name="checkpoint")
+        self._thread.start()
+
+    def _run(self, job: Callable[[], None]) -> None:
+        try:
+            job()
+        except BaseException as e:  # handed to the training thread by wait()
+            self._error = e
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+
 def save_latest(
-    run: Path, model: nn.Module, optim_state: dict[str, Any], state: dict[str, Any]
+    run: Path,
+    model: nn.Module | dict[str, Tensor],
+    optim_state: dict[str, Any],
+    state: dict[str, Any],
 ) -> None:
     ckpt = run / "checkpoints"
     ckpt.mkdir(parents=True, exist_ok=True)
     stem = f"step_{state['global_step']:08d}"
     weights, optim = ckpt / f"{stem}.safetensors", ckpt / f"{stem}.optim.pt"
-    write_tensors(weights, unwrap(model).state_dict())
+    write_tensors(weights, _weights(model))
     write_torch(optim, optim_state)
     old = read_latest(run)
-    write_json(ckpt / "latest.json", {**state, "weights": weights.name, "optimizer": optim.name})
+    write_json(
+        ckpt / "latest.json",
+        {**state, "weights": weights.name, "optimizer": optim.name},
+        sync_dir=True,
+    )
     if old is not None:
         for key in ("weights", "optimizer"):
             if old[key] not in (weights.name, optim.name):
@@ -142,10 +196,12 @@ def snapshot_path(run: Path, epoch: int) -> Path:
     return run / "snapshots" / f"epoch_{epoch:03d}.safetensors"
 
 
-def save_snapshot(run: Path, model: nn.Module, epoch: int, info: dict[str, Any]) -> Path:
+def save_snapshot(
+    run: Path, model: nn.Module | dict[str, Tensor], epoch: int, info: dict[str, Any]
+) -> Path:
     path = snapshot_path(run, epoch)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_tensors(path, unwrap(model).state_dict())
+    write_tensors(path, _weights(model))
     write_json(path.with_suffix(".json"), {"epoch": epoch, "weights": path.name, **info})
     return path
 

@@ -19,6 +19,7 @@ files in DataLoader worker processes (full-size nets).
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -75,9 +76,7 @@ def scan_folder(root: str | Path, limit_per_class: int | None = None) -> ImageSe
     files: list[Path] = []
     labels: list[int] = []
     for label, d in enumerate(class_dirs):
-        found = sorted(
-            p for p in d.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-        )
+        found = [Path(f) for f in sorted(_image_files(d))]
         if not found:
             raise ConvscopeError(
                 f"class folder {d} holds no images ({', '.join(IMAGE_SUFFIXES)}); "
@@ -88,6 +87,19 @@ def scan_folder(root: str | Path, limit_per_class: int | None = None) -> ImageSe
         files += found
         labels += [label] * len(found)
     return ImageSet([d.name for d in class_dirs], torch.tensor(labels), files=files, name=str(root))
+
+
+def _image_files(folder: Path) -> list[str]:
+    """Paths (as strings, cheap to sort) of the image files anywhere below `folder`."""
+    out = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        out += [
+            os.path.join(root, f)
+            for f in files
+            if os.path.splitext(f)[1].lower() in IMAGE_SUFFIXES and not f.startswith(".")
+        ]
+    return out
 
 
 def check_same_classes(train: ImageSet, val: ImageSet) -> None:

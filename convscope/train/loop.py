@@ -156,9 +156,16 @@ class Trainer:
     def run(self) -> list[dict[str, Any]]:
         """Train; returns the metrics of every finished epoch (rank 0; [] on other ranks)."""
         d = setup(self.cfg.device)
+        self.writer = ck.BackgroundWriter()
         try:
-            return self._run(d)
+            history = self._run(d)
+            self.writer.wait()
+            return history
         finally:
+            try:
+                self.writer.wait()
+            except Exception as e:  # already failing: keep the first error
+                log.warning("checkpoint writer: %s", e)
             d.close()
 
     def _check_device(self, d: Dist) -> None:
@@ -311,6 +318,7 @@ class Trainer:
 
         amp = torch.autocast("cuda", dtype=torch.bfloat16) if cfg.amp else nullcontext()
         global_step = state["global_step"]
+        last_plot = time.monotonic()
         for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
             start_step = state["step"] if epoch == state["epoch"] + 1 else 0
             if start_step == 0:
@@ -450,15 +458,21 @@ class Trainer:
             self._save_latest(d, model, optimizer, state, _Acc())
             if d.main:
                 if epoch in (cfg.snapshots or []):
-                    ck.save_snapshot(
-                        self.run_dir, model, epoch, {"global_step": global_step, "metrics": metrics}
+                    weights = ck.cpu_copy(ck.unwrap(model).state_dict())
+                    info = {"global_step": global_step, "metrics": metrics}
+                    self.writer.submit(
+                        lambda w=weights, e=epoch, i=info: ck.save_snapshot(self.run_dir, w, e, i)
                     )
-                try:
-                    from convscope.train.plot import plot_curves
+                # The figure costs about a second: redrawn after the last epoch and at most
+                # once a minute before.
+                if epoch == cfg.epochs or time.monotonic() - last_plot > 60:
+                    last_plot = time.monotonic()
+                    try:
+                        from convscope.train.plot import plot_curves
 
-                    plot_curves(history, self.run_dir / "curves.png")
-                except Exception as e:  # a figure must never stop a training run
-                    log.warning("could not draw the training curves: %s", e)
+                        plot_curves(history, self.run_dir / "curves.png")
+                    except Exception as e:  # a figure must never stop a training run
+                        log.warning("could not draw the training curves: %s", e)
                 if self.progress:
                     self.progress(
                         Progress("epoch", epoch, cfg.epochs, steps, steps, 0, None, metrics)
@@ -478,10 +492,11 @@ class Trainer:
             mine["rng_cuda"] = torch.cuda.get_rng_state(d.device)
         ranks = d.gather(mine)
         if d.main:
+            # Copied now, written on the writer thread while training goes on.
             full = {**state, "world_size": d.world, "plateau": dict(state["plateau"])}
-            ck.save_latest(
-                self.run_dir, model, {"optimizer": optimizer.state_dict(), "ranks": ranks}, full
-            )
+            weights = ck.cpu_copy(ck.unwrap(model).state_dict())
+            rest = ck.cpu_copy({"optimizer": optimizer.state_dict(), "ranks": ranks})
+            self.writer.submit(lambda: ck.save_latest(self.run_dir, weights, rest, full))
         d.barrier()
 
     def _read_metrics(self) -> list[dict[str, Any]]:
