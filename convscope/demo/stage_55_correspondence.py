@@ -98,7 +98,7 @@ def run(ctx: DemoContext) -> Section:
         patch=patch,
         draws=2 if ctx.quick else 3,
         fixed_draws=0 if ctx.quick else 2,
-        layers=["head", "pool"],
+        layers=["block15", "head", "pool"],
         rounds=100,
     )
     result.save(out)
