@@ -224,7 +224,7 @@ class Noisy(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.relu(self.conv(x))
-        x = x + 1e-3 * torch.rand_like(x)
+        x = x + torch.rand_like(x)
         return self.fc(x.mean((2, 3)))
 
 
