@@ -353,3 +353,16 @@ def test_cli_writes_maps_and_figures(tmp_path, capsys) -> None:
     assert "larger than" in err and "\n" not in err
     assert main([*argv, "--label", "tabbby", "--out", str(out)]) == 2
     assert "did you mean" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_demo_stage_writes_its_figures(tmp_path) -> None:
+    from convscope.demo import DemoContext, run_demo
+
+    sections = run_demo(DemoContext(tmp_path, quick=True), ["occlusion"], lambda s: None)
+    (section,) = sections
+    assert not section.failed, section.summary
+    assert len(section.figures) == 2
+    for f in section.figures:
+        assert (tmp_path / f.path).stat().st_size > 1000
+    assert any("espresso" in line for line in section.summary)
