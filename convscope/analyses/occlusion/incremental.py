@@ -107,6 +107,8 @@ HEAD = {
     "addmm",
     "dropout",
 }
+# Operations already logged as computed in full: said once per process, not once per image.
+_WARNED: set[str] = set()
 _CONV_PARAMS = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
 _AVG_PARAMS = (
     "input",
@@ -193,7 +195,6 @@ class Incremental:
         self.calls = calls
         self.tau = float(tau)
         self.counter = Counter()
-        self._warned: set[str] = set()
         self._padded: dict[tuple[Ref, int, int, int, int, float], Tensor] = {}
         self.clean: dict[Ref, Any] = {Ref(0): image.detach()}
         with torch.no_grad():
@@ -275,8 +276,8 @@ class Incremental:
             return
         where = _where(node)
         self.counter.fallbacks.add(where)
-        if where not in self._warned:
-            self._warned.add(where)
+        if where not in _WARNED:
+            _WARNED.add(where)
             log.warning(
                 "occlusion: no incremental rule for %s; computing it on whole tensors", where
             )

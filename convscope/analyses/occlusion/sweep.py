@@ -234,7 +234,9 @@ def positions(size: tuple[int, int], patch: int, stride: int) -> tuple[np.ndarra
     return np.arange(0, H - patch + 1, stride), np.arange(0, W - patch + 1, stride)
 
 
-def default_layer(model: nn.Module) -> str:
+def default_layer(model: nn.Module, x: Tensor | None = None) -> str:
+    """conv5 (ZFNet, AlexNet), head (EfficientNet-Lite0), else the last spatial layer seen
+    when the model runs on `x` (default: a blank image of its crop size)."""
     aliases = info_of(model).aliases
     for name in DEFAULT_LAYERS:
         if name in aliases:
@@ -242,8 +244,16 @@ def default_layer(model: nn.Module) -> str:
     # A user's model: the last module whose output is still a spatial map.
     from convscope.core.tape import record_all
 
-    size = info_of(model).preprocess.crop
-    _, calls, _ = record_all(model, torch.zeros(1, 3, size, size))
+    if x is None:
+        size = info_of(model).preprocess.crop
+        x = torch.zeros(3, size, size)
+    try:
+        _, calls, _ = record_all(model, x.unsqueeze(0))
+    except (RuntimeError, ValueError) as e:
+        raise ConvscopeError(
+            f"cannot run the model to find its last convolutional layer ({e.__class__.__name__});"
+            " pass --layer"
+        ) from e
     spatial = [
         c
         for c in calls
@@ -307,7 +317,7 @@ def occlusion(
     H, W = int(x.shape[-2]), int(x.shape[-1])
     ys, xs = positions((H, W), patch, stride)
     fill_t, fill_name = fill_values(fill, info, int(x.shape[0]))
-    layer_name = layer or default_layer(model)
+    layer_name = layer or default_layer(model, x)
     lref = resolve_layer(model, layer_name)
     try:
         clean_act, logits = _clean(model, x, lref)
