@@ -28,7 +28,7 @@ def test_two_processes_give_exactly_the_single_process_result(tmp_path: Path) ->
     weights = save_weights(seeded_zfnet(2), tmp_path / "zf.safetensors")
     args = [
         "topk", "--model", "zfnet", "--weights", str(weights), "--data", str(data),
-        "--layers", "conv1,conv3", "--k", "9", "--batch-size", "4", "--workers", "0",
+        "--layers", "conv1,conv2", "--k", "9", "--batch-size", "4", "--workers", "0",
         "--tile", "16",
     ]  # fmt: skip
     env = dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo")
@@ -72,5 +72,5 @@ def test_two_processes_give_exactly_the_single_process_result(tmp_path: Path) ->
     assert json.loads((two / "images.json").read_text()) == json.loads(
         (one / "images.json").read_text()
     )
-    figure = "figures/01_conv3/c0007.png"
+    figure = "figures/01_conv2/c0007.png"
     assert (one / figure).read_bytes() == (two / figure).read_bytes()

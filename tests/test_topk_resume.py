@@ -30,7 +30,7 @@ ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
 
 @pytest.mark.slow
 def test_kill_9_then_resume_gives_the_uninterrupted_result(tmp_path: Path) -> None:
-    data = photo_collection(tmp_path / "data", per_photo=20)  # 123 files, one unreadable
+    data = photo_collection(tmp_path / "data", per_photo=14)  # 87 files, one unreadable
     weights = save_weights(seeded_zfnet(1), tmp_path / "zf.safetensors")
     full = tmp_path / "full"
     subprocess.run(_argv(data, weights, full), env=ENV, check=True, capture_output=True)
@@ -59,6 +59,6 @@ def test_kill_9_then_resume_gives_the_uninterrupted_result(tmp_path: Path) -> No
     for ta, tb in zip(a.tables, b.tables):
         assert ta.equals(tb)
     m = json.loads((killed / "manifest.json").read_text())
-    assert 0 < m["resumed_from_batch"] < 16, "the resumed run redid finished batches"
+    assert 0 < m["resumed_from_batch"] < 11, "the resumed run redid finished batches"
     assert m["skipped"] == a.manifest["skipped"] and len(m["skipped"]) == 1
-    assert m["images_read"] == a.manifest["images_read"] == 122
+    assert m["images_read"] == a.manifest["images_read"] == 86
