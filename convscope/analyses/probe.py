@@ -494,12 +494,21 @@ class ProbeResult:
         ax.set_xticks(x, self.layers, rotation=30)
         ax.set_ylabel("mean per-class accuracy")
         ax.set_ylim(0, 1)
-        ax.set_title(f"{self.model} on {Path(self.data).name}: accuracy against depth")
+        ax.set_title(f"{self.model} on {data_name(self.data)}: accuracy against depth")
         ax.legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(path, dpi=100)
         plt.close(fig)
         return path
+
+
+def data_name(source: str) -> str:
+    """A short name for a data set's `source` string (`cifar10/train`, `digits`)."""
+    kind, _, rest = source.partition(":")
+    if kind == "folder":
+        path = Path(rest.split(":per_class=")[0])
+        return f"{path.parent.name}/{path.name}" if path.parent.name else path.name
+    return kind
 
 
 def parse_list(text: str, what: str) -> list[str]:
