@@ -86,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
         )
     folders, results = [], []
     for i, (spec, model) in enumerate(models):
-        folder = out / (_slug(Path(spec).stem if Path(spec).suffix else spec) + f"_{i}" * (i > 0))
+        name = Path(spec).stem if Path(spec).exists() else spec
+        folder = out / (_slug(name) + f"_{i}" * (i > 0))
         if len(models) == 1:
             folder = out
         report, spec_ = write_diagnostics(
