@@ -187,6 +187,38 @@ def test_capped_boxes_are_an_approximation_close_to_exact() -> None:
     assert np.corrcoef(approx.activation.ravel(), exact.activation.ravel())[0, 1] > 0.8
 
 
+class Pools(nn.Module):
+    """Padded average pooling, padded ceil-mode max pooling, a dilated convolution, "valid"
+    padding, a channel concatenation of branches with different boxes, a scalar product,
+    and a ceil-mode average pooling (which has no incremental rule)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 5, stride=2, padding=2)
+        self.c2 = nn.Conv2d(8, 8, 3, stride=1, padding=2, dilation=2)
+        self.c3 = nn.Conv2d(16, 8, 3, stride=3, padding="valid")
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu6(self.c1(x))
+        a = F.avg_pool2d(x, 3, 2, padding=1, count_include_pad=True)
+        b = F.max_pool2d(x, 3, 2, padding=1, ceil_mode=True)
+        x = torch.cat([self.c2(a), b], 1)
+        x = F.avg_pool2d(x, 2, ceil_mode=True)
+        x = F.leaky_relu(x, 0.1) * 2.0
+        x = F.max_pool2d(self.c3(x), 2, 1, dilation=2)
+        return self.fc(x.mean((2, 3)))
+
+
+def test_pooling_variants_and_concatenation_stay_exact() -> None:
+    model = kaiming(Pools(), seed=10)
+    x = torch.randn(3, 97, 97, generator=torch.Generator().manual_seed(5))
+    r = occlusion(model, x, patch=13, stride=12, layer="c3", batch=6)
+    assert r.fallbacks == ["avg_pool2d() in the forward (Pools)"]
+    ref = reference(model, x, "c3", r.channel, r.labels, r.ys, r.xs, 13, torch.tensor(r.fill))
+    assert_matches(r, ref)
+
+
 class Flipper(nn.Module):
     """A net with an operation the incremental rules cannot bound (a flip)."""
 

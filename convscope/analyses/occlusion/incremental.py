@@ -284,7 +284,7 @@ class Incremental:
 
     def _wrap(self, o: Any) -> Any:
         if isinstance(o, Tensor) and o.dim() == 4:
-            off = torch.zeros(o.shape[0], 2, dtype=torch.long)
+            off = torch.zeros(o.shape[0], 2, dtype=torch.long, device=o.device)
             return Patch(o, off, (int(o.shape[2]), int(o.shape[3])))
         return o
 
@@ -306,28 +306,31 @@ class Incremental:
         """
         h, w = size
         B = x.data.shape[0]
+        dev = start.device
         if x.covers:
             base = x.data
             if any(pad):
                 base = F.pad(base, (pad[2], pad[3], pad[0], pad[1]), value=value)
-            rows = start[:, :1] + pad[0] + torch.arange(h)  # B x h
-            cols = start[:, 1:] + pad[2] + torch.arange(w)  # B x w
+            rows = start[:, :1] + pad[0] + torch.arange(h, device=dev)  # B x h
+            cols = start[:, 1:] + pad[2] + torch.arange(w, device=dev)  # B x w
             if bool((start == start[:1]).all()):
                 y0, x0 = int(rows[0, 0]), int(cols[0, 0])
                 return base[:, :, y0 : y0 + h, x0 : x0 + w]
-            b = torch.arange(B)[:, None, None]
+            b = torch.arange(B, device=dev)[:, None, None]
             return base[b, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
         if bool((x.off == start).all()) and x.size == (h, w):
             return x.data
         base = self._clean_padded(ref, pad, value)[0]  # C x Hp x Wp
-        rows = start[:, :1] + pad[0] + torch.arange(h)
-        cols = start[:, 1:] + pad[2] + torch.arange(w)
+        rows = start[:, :1] + pad[0] + torch.arange(h, device=dev)
+        cols = start[:, 1:] + pad[2] + torch.arange(w, device=dev)
         ctx = base[:, rows[:, :, None], cols[:, None, :]].permute(1, 0, 2, 3)  # B x C x h x w
         # Lay each row's patch over its context; rows differ in where it falls.
         hp, wp = x.size
         rel = x.off - start
-        iy = torch.arange(h)[None] - rel[:, :1]  # B x h: patch row read by each context row
-        ix = torch.arange(w)[None] - rel[:, 1:]
+        iy = (
+            torch.arange(h, device=dev)[None] - rel[:, :1]
+        )  # B x h: patch row read by each context row
+        ix = torch.arange(w, device=dev)[None] - rel[:, 1:]
         mask = ((iy >= 0) & (iy < hp))[:, :, None] & ((ix >= 0) & (ix < wp))[:, None, :]
         src = iy.clamp(0, hp - 1)[:, :, None] * wp + ix.clamp(0, wp - 1)[:, None, :]
         C = x.data.shape[1]
@@ -337,8 +340,8 @@ class Incremental:
     def clean_box(self, ref: Ref, channel: int, start: Tensor, size: tuple[int, int]) -> Tensor:
         """B x h x w: clean values of one channel of `ref` in each row's box."""
         t = self.clean[ref][0, channel]
-        rows = start[:, :1] + torch.arange(size[0])
-        cols = start[:, 1:] + torch.arange(size[1])
+        rows = start[:, :1] + torch.arange(size[0], device=start.device)
+        cols = start[:, 1:] + torch.arange(size[1], device=start.device)
         return t[rows[:, :, None], cols[:, None, :]]
 
     def _clean_padded(self, ref: Ref, pad: tuple[int, int, int, int], value: float) -> Tensor:
@@ -374,12 +377,13 @@ class Incremental:
         self, ref: Ref, x: Patch, win: tuple[Window, Window], out_hw: tuple[int, int], value: float
     ) -> tuple[Tensor, Tensor]:
         """The input context for each row's output box, and the boxes' corners."""
-        k = torch.tensor([win[0].k, win[1].k])
-        s = torch.tensor([win[0].s, win[1].s])
-        p = torch.tensor([win[0].p, win[1].p])
-        d = torch.tensor([win[0].d, win[1].d])
+        dev = x.off.device
+        k = torch.tensor([win[0].k, win[1].k], device=dev)
+        s = torch.tensor([win[0].s, win[1].s], device=dev)
+        p = torch.tensor([win[0].p, win[1].p], device=dev)
+        d = torch.tensor([win[0].d, win[1].d], device=dev)
         a = x.off
-        b = x.off + torch.tensor(x.size)
+        b = x.off + torch.tensor(x.size, device=dev)
         lo = _ceil_div2(a + p - (k - 1) * d, s)
         hi = torch.div(b - 1 + p, s, rounding_mode="floor") + 1
         start, size = self._boxes(lo, hi, out_hw, cap=True)
@@ -479,7 +483,7 @@ class Incremental:
             data = F.pad(x.data, (left, right, top, bottom), value=b.get("value") or 0.0)
             return Patch(data, torch.zeros_like(x.off), out_hw)
         # Padding only moves the box: the new border is the same in every row.
-        return Patch(x.data, x.off + torch.tensor([top, left]), out_hw)
+        return Patch(x.data, x.off + torch.tensor([top, left], device=x.off.device), out_hw)
 
     def _pointwise(self, node: Node, vals: dict[Ref, Any]) -> Patch | None:
         ref = next(node.refs())
@@ -524,7 +528,8 @@ class Incremental:
             size = hw
         else:
             lo = torch.stack([p.off for p in patches]).amin(0)
-            hi = torch.stack([p.off + torch.tensor(p.size) for p in patches]).amax(0)
+            dev = patches[0].off.device
+            hi = torch.stack([p.off + torch.tensor(p.size, device=dev) for p in patches]).amax(0)
             start, size = self._boxes(lo, hi, hw, cap=False)
         boxed = {r: self.materialize(r, vals[r], start, size) for r in set(refs)}
         if any(v.dim() != 4 for v in boxed.values()):

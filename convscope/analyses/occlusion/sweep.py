@@ -314,9 +314,13 @@ def occlusion(
     model.eval()
     info = info_of(model)
     x = as_input(model, image)
+    # Run where the model's weights are (CPU unless the caller moved the model).
+    device = next((t.device for t in model.parameters()), x.device)
+    x = x.to(device)
     H, W = int(x.shape[-2]), int(x.shape[-1])
     ys, xs = positions((H, W), patch, stride)
     fill_t, fill_name = fill_values(fill, info, int(x.shape[0]))
+    fill_t = fill_t.to(device)
     layer_name = layer or default_layer(model, x)
     lref = resolve_layer(model, layer_name)
     try:
@@ -487,7 +491,8 @@ def _incremental(
     for part in _chunks(pos, setup.batch):
         B = len(part)
         data = setup.fill.view(1, C, 1, 1).expand(B, C, setup.patch, setup.patch).contiguous()
-        first = Patch(data, torch.tensor(part, dtype=torch.long), (H, W))
+        off = torch.tensor(part, dtype=torch.long, device=data.device)
+        first = Patch(data, off, (H, W))
         got = engine.run(first, [act_ref, out_ref])
         a, logits = got[act_ref], got[out_ref]
         if isinstance(a, Patch) and a.covers:
