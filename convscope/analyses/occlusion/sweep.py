@@ -310,8 +310,31 @@ def occlusion(
         raise ConvscopeError(f"tau must be in (0, 1], got {tau}")
     if coarse < 1 or not 0.0 <= drill <= 1.0:
         raise ConvscopeError(f"coarse must be >= 1 and drill in [0, 1]; got {coarse}, {drill}")
+    was_training = model.training
+    model.eval()  # dropout off, BatchNorm on its running statistics
+    try:
+        return _occlusion(model, image, patch, stride, fill, layer, label, channel, method, batch,
+                          tau, coarse, drill)  # fmt: skip
+    finally:
+        model.train(was_training)
+
+
+def _occlusion(
+    model: nn.Module,
+    image: Any,
+    patch: int,
+    stride: int,
+    fill: str | Sequence[float],
+    layer: str | None,
+    label: int | str | Sequence[int | str] | None,
+    channel: int | None,
+    method: str,
+    batch: int,
+    tau: float,
+    coarse: int,
+    drill: float,
+) -> OcclusionResult:
     start_time = time.perf_counter()
-    model.eval()
     info = info_of(model)
     x = as_input(model, image)
     # Run where the model's weights are (CPU unless the caller moved the model).
