@@ -99,6 +99,7 @@ def check_against_exhaustive(model, folder: Path, layers, k: int, batch_size: in
     return coll, state
 
 
+@pytest.mark.slow
 def test_mined_topk_equals_exhaustive_search_on_photo_crops(model, photos_dir: Path) -> None:
     coll, state = check_against_exhaustive(model, photos_dir, LAYERS, 9, 32, workers=2)
     assert len(coll) == 207
