@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from convscope.core.layers import LayerRef, resolve_layer
 from convscope.core.rules import NORM_POLICIES, Context, rule_for
-from convscope.core.signal import Signal, materialize
+from convscope.core.signal import Signal, fit, materialize
 from convscope.core.tape import Recording, Ref, record
 from convscope.errors import ConvscopeError
 
@@ -212,8 +212,8 @@ def descend(rec: Recording, seed: Signal, owner: Tensor, norm: str, *, clip: boo
         n = len(owner)
         result = Signal.of(rec.activation.new_zeros(n, *tape.input_shape[1:]))
     if result.off is None:
-        result = Signal.of(result.data)
-    return result
+        return Signal.of(result.data)
+    return fit(result) if clip else result  # callers get windows inside the image
 
 
 def rule_for_multi(node):

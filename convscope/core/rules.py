@@ -43,7 +43,7 @@ class Context:
     clip: bool = True  # False: let windows hang over the map (to measure receptive fields)
 
     def fit(self, sig: Signal) -> Signal:
-        return fit(sig) if self.clip else sig
+        return fit(sig, move=False) if self.clip else sig
 
 
 Rule = Callable[[Node, Signal, Context], dict[Ref, Signal]]
@@ -141,9 +141,14 @@ def unpool(node: Node, g: Signal, ctx: Context) -> dict[Ref, Signal]:
     else:
         off_in = g.off * torch.tensor([sy, sx], device=dev) - torch.tensor([py, px], device=dev)
         size = ((h - 1) * sy + dy * (ky - 1) + 1, (w - 1) * sx + dx * (kx - 1) + 1)
-    local = (idx // Wi - off_in[:, 0, None, None, None]) * size[1] + (
-        idx % Wi - off_in[:, 1, None, None, None]
-    )
+    ly = idx // Wi - off_in[:, 0, None, None, None]
+    lx = idx % Wi - off_in[:, 1, None, None, None]
+    local = ly * size[1] + lx
+    # Window positions outside the pooled map carry no signal; their (clamped) switches may
+    # point outside this window, so send them to slot 0 with their zero value.
+    valid = ((ys >= 0) & (ys < Ho))[:, :, None] & ((xs >= 0) & (xs < Wo))[:, None, :]
+    if not bool(valid.all()):
+        local = torch.where(valid[:, None], local, torch.zeros_like(local))
     out = g.data.new_zeros(B, C, size[0] * size[1])
     out.scatter_add_(2, local.flatten(2), g.data.flatten(2))
     return {x: ctx.fit(Signal(out.view(B, C, *size), off_in, (Hi, Wi)))}
