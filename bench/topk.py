@@ -42,10 +42,10 @@ from convscope.analyses.topk_projection import (  # noqa: E402
     crop,
     fields,
     project,
-    record_layers,
 )
 from convscope.core.deconv import DeconvNet, descend  # noqa: E402
 from convscope.core.signal import Signal, materialize  # noqa: E402
+from convscope.core.tape import record_layers  # noqa: E402
 from convscope.models import zfnet  # noqa: E402
 from convscope.models.info import info_of  # noqa: E402
 

@@ -19,11 +19,11 @@ from convscope.analyses.topk_projection import (
     crop,
     fields,
     project,
-    record_layers,
     tiles_for,
 )
 from convscope.cli import main
 from convscope.core.deconv import DeconvNet
+from convscope.core.tape import record_layers
 from convscope.data.images import denormalize, load_batch
 from convscope.errors import ConvscopeError
 from tests.conftest import shared_data

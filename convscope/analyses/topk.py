@@ -48,12 +48,12 @@ from convscope.analyses.topk_projection import (
     canvas_size,
     fields,
     project,
-    record_layers,
     tiles_for,
 )
 from convscope.core.deconv import DeconvNet
 from convscope.core.layers import LayerRef, resolve_layer
 from convscope.core.receptive_field import ReceptiveField
+from convscope.core.tape import record_layers
 from convscope.data.images import denormalize
 from convscope.errors import ConvscopeError
 from convscope.models.info import Preprocess, info_of

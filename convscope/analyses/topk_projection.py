@@ -15,77 +15,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from PIL import Image
-from torch import Tensor, nn
 
 from convscope.core.deconv import DeconvNet, Projections, Targets
-from convscope.core.layers import LayerRef
 from convscope.core.receptive_field import ReceptiveField, measure
-from convscope.core.tape import (
-    Recording,
-    _check_traceable,
-    _hooks,
-    _new_tape,
-    _Recorder,
-)
-from convscope.errors import ConvscopeError, LayerNotFoundError
+from convscope.core.tape import Recording
 from convscope.render.images import projection_to_rgb
-
-
-class _Done(Exception):
-    pass
-
-
-def record_layers(model: nn.Module, images: Tensor, layers: Sequence[LayerRef]) -> list[Recording]:
-    """One recorded forward pass that serves every layer in `layers` (stops after the last)."""
-    _check_traceable(model)
-    images = images.detach()
-    tape = _new_tape(images)
-    stack: list[tuple[str, str]] = []
-    calls: list = []
-    wanted = {(r.module, r.call): i for i, r in enumerate(layers)}
-    got: dict[int, Recording] = {}
-    counts: dict[str, int] = {}
-    modules = dict(model.named_modules())
-    handles = []
-    for name in {r.module for r in layers}:
-
-        def post(mod, inputs, output, _name=name):
-            k = counts.get(_name, 0)
-            counts[_name] = k + 1
-            i = wanted.get((_name, k))
-            if i is None:
-                return
-            t = output if isinstance(output, Tensor) else None
-            if t is None and isinstance(output, (tuple, list)):
-                t = next((o for o in output if isinstance(o, Tensor)), None)
-            ref = tape.lookup(t) if t is not None else None
-            if ref is None:
-                raise ConvscopeError(
-                    f"the output of layer {layers[i]} does not come from operations "
-                    "convscope can follow"
-                )
-            # A clone: a later in-place operation must not change what we seed from.
-            got[i] = Recording(tape, ref, t.clone(), layers[i])
-            if len(got) == len(layers):
-                raise _Done
-
-        handles.append(modules[name].register_forward_hook(post))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), _hooks(model, tape, stack, None, calls), _Recorder(tape, stack):
-            model(images)
-    except _Done:
-        pass
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
-    tape.release()
-    missing = [str(layers[i]) for i in range(len(layers)) if i not in got]
-    if missing:
-        raise LayerNotFoundError(f"layer(s) {', '.join(missing)} not reached in the forward pass")
-    return [got[i] for i in range(len(layers))]
 
 
 @dataclass

@@ -11,7 +11,7 @@ The forward runs under `torch.no_grad()`: the downward pass does not use autogra
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -178,8 +178,7 @@ class _Recorder(TorchFunctionMode):
 
 
 class _Stop(Exception):
-    def __init__(self, output: Tensor) -> None:
-        self.output = output
+    """Raised from a hook once the last requested layer has run: the rest is not needed."""
 
 
 @dataclass
@@ -208,8 +207,8 @@ def _hooks(
     model: nn.Module,
     tape: Tape,
     stack: list[tuple[str, str]],
-    target: LayerRef | None,
     calls: list[ModuleCall],
+    on_call: Callable[[ModuleCall, Any], None] | None = None,
 ):
     handles = []
     counts: dict[str, int] = {}
@@ -226,9 +225,10 @@ def _hooks(
             counts[_name] = k + 1
             t = output if isinstance(output, Tensor) else None
             ref = tape.lookup(t) if t is not None else None
-            calls.append(ModuleCall(_name, k, _kind, ref, t.shape if t is not None else None))
-            if target is not None and _name == target.module and k == target.call:
-                raise _Stop(output)
+            call = ModuleCall(_name, k, _kind, ref, t.shape if t is not None else None)
+            calls.append(call)
+            if on_call is not None:
+                on_call(call, output)
 
         handles.append(module.register_forward_pre_hook(pre))
         handles.append(module.register_forward_hook(post))
@@ -256,35 +256,58 @@ def _check_traceable(model: nn.Module) -> None:
 
 def record(model: nn.Module, images: Tensor, layer: LayerRef) -> Recording:
     """Run `model` on `images` up to `layer`, recording every operation on the way."""
+    return record_layers(model, images, [layer])[0]
+
+
+def record_layers(model: nn.Module, images: Tensor, layers: Sequence[LayerRef]) -> list[Recording]:
+    """One recorded forward pass that serves every layer in `layers`; it stops after the
+    last of them has run."""
     _check_traceable(model)
     images = images.detach()
     tape = _new_tape(images)
     stack: list[tuple[str, str]] = []
     calls: list[ModuleCall] = []
+    wanted = {(r.module, r.call): i for i, r in enumerate(layers)}
+    got: dict[int, Recording] = {}
+
+    def on_call(call: ModuleCall, output: Any) -> None:
+        i = wanted.get((call.module, call.call))
+        if i is None:
+            return
+        t = output if isinstance(output, Tensor) else None
+        if t is None and isinstance(output, (tuple, list)):
+            t = next((o for o in output if isinstance(o, Tensor)), None)
+        ref = tape.lookup(t) if t is not None else None
+        if t is None or ref is None:
+            raise ConvscopeError(
+                f"the output of layer {layers[i]} does not come from operations "
+                "convscope can follow"
+            )
+        # A copy unless this is the end: a later in-place operation (a ReLU) may overwrite it.
+        last = len(got) == len(wanted) - 1
+        got[i] = Recording(tape, ref, t if last else t.clone(), layers[i])
+        if last:
+            raise _Stop
+
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), _hooks(model, tape, stack, layer, calls), _Recorder(tape, stack):
+        with torch.no_grad(), _hooks(model, tape, stack, calls, on_call), _Recorder(tape, stack):
             model(images)
-    except _Stop as stop:
-        output = stop.output
-    else:
-        seen = sum(1 for c in calls if c.module == layer.module)
-        raise LayerNotFoundError(
-            f"layer {layer} was not reached in the forward pass "
-            f"(module {layer.module!r} ran {seen} time(s))"
-        )
+    except _Stop:
+        pass
     finally:
         model.train(was_training)
-    if isinstance(output, (tuple, list)):
-        output = next((o for o in output if isinstance(o, Tensor)), None)
-    ref = tape.lookup(output) if isinstance(output, Tensor) else None
-    if ref is None:
-        raise ConvscopeError(
-            f"the output of layer {layer} does not come from operations convscope can follow"
-        )
     tape.release()
-    return Recording(tape, ref, output, layer)
+    missing = [i for i in range(len(layers)) if i not in got]
+    if missing:
+        seen = {c.module: c.call + 1 for c in calls}
+        names = ", ".join(
+            f"{layers[i]} (module {layers[i].module!r} ran {seen.get(layers[i].module, 0)} time(s))"
+            for i in missing
+        )
+        raise LayerNotFoundError(f"layer(s) {names} not reached in the forward pass")
+    return [got[i] for i in range(len(layers))]
 
 
 def record_all(model: nn.Module, images: Tensor) -> tuple[Tape, list[ModuleCall], Tensor]:
@@ -297,7 +320,7 @@ def record_all(model: nn.Module, images: Tensor) -> tuple[Tape, list[ModuleCall]
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), _hooks(model, tape, stack, None, calls), _Recorder(tape, stack):
+        with torch.no_grad(), _hooks(model, tape, stack, calls), _Recorder(tape, stack):
             out = model(images)
     finally:
         model.train(was_training)
