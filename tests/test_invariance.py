@@ -231,7 +231,7 @@ def test_command_on_real_photos(tmp_path, capsys) -> None:
 
 
 def test_capture_takes_a_shared_module_at_each_call() -> None:
-    from convscope.analyses._features import capture, capture_batched, resolve_layers
+    from convscope.core.capture import capture, capture_batched, resolve_layers
     from convscope.core.layers import LayerRef
 
     class Shared(nn.Module):

@@ -34,7 +34,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from convscope.analyses._features import capture, resolve_layers
+from convscope.core.capture import capture, resolve_layers
 from convscope.data.images import load_image, preprocess
 from convscope.errors import ConvscopeError
 from convscope.models.info import Preprocess, info_of

@@ -30,7 +30,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from convscope.analyses._features import capture_batched, resolve_layers
+from convscope.core.capture import capture_batched, resolve_layers
 from convscope.data.images import denormalize, preprocess, resize_and_crop, to_rgb
 from convscope.errors import ConvscopeError
 from convscope.models.info import Preprocess, info_of

@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from convscope.core.capture import capture
 from convscope.core.layers import LayerRef, resolve_layer
 from convscope.data.images import IMAGE_SUFFIXES, load_image, preprocess
 from convscope.errors import ConvscopeError
@@ -211,43 +212,11 @@ def model_fingerprint(model: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-class _Done(Exception):
-    pass
-
-
-@torch.no_grad()
 def _forward_features(
     model: nn.Module, x: Tensor, refs: Sequence[LayerRef], pool: str
 ) -> dict[str, Tensor]:
     """Pooled features of each layer, from one forward pass stopped after the last one."""
-    modules = dict(model.named_modules())
-    got: dict[str, Tensor] = {}
-    handles = []
-    for ref in refs:
-        calls = [0]
-
-        def hook(_m, _inp, out, ref=ref, calls=calls):
-            if calls[0] == ref.call:
-                t = out[0] if isinstance(out, (tuple, list)) else out
-                got[str(ref)] = pool_features(t.detach().float(), pool).clone()
-                if len(got) == len(refs):
-                    raise _Done
-            calls[0] += 1
-
-        handles.append(modules[ref.module].register_forward_hook(hook))
-    try:
-        model(x)
-    except _Done:
-        pass
-    finally:
-        for h in handles:
-            h.remove()
-    missing = [str(r) for r in refs if str(r) not in got]
-    if missing:
-        raise ConvscopeError(
-            f"layer(s) {', '.join(missing)} did not run in the forward pass; pick another layer"
-        )
-    return got
+    return capture(model, x, refs, transform=lambda t: pool_features(t.float(), pool), stop=True)[1]
 
 
 def _safe(name: str) -> str:

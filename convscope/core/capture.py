@@ -1,13 +1,14 @@
 """Several layers' outputs from one forward pass, by module forward hooks.
 
-A generic helper (not specific to one analysis): resolve the names with `resolve_layer`, then
-`capture(model, x, refs)` returns the model's output and each layer's output, flattened per
-image when asked. A module called more than once (`name#k`) is taken at its k-th call.
+Resolve the names with `resolve_layers`, then `capture(model, x, refs)` returns the model's
+output and each layer's output (copied as produced, optionally transformed or flattened per
+image). A module called more than once (`name#k`) is taken at its k-th call. With
+`stop=True` the forward pass ends once the last requested layer has run.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -21,11 +22,22 @@ def resolve_layers(model: nn.Module, names: Sequence[str]) -> list[LayerRef]:
     return [resolve_layer(model, n) for n in names]
 
 
+class _Stop(Exception):
+    pass
+
+
 @torch.no_grad()
 def capture(
-    model: nn.Module, x: Tensor, refs: Sequence[LayerRef], *, flatten: bool = False
-) -> tuple[Tensor, dict[str, Tensor]]:
-    """The model's output for `x` and the output of each layer in `refs`, keyed by `str(ref)`.
+    model: nn.Module,
+    x: Tensor,
+    refs: Sequence[LayerRef],
+    *,
+    flatten: bool = False,
+    transform: Callable[[Tensor], Tensor] | None = None,
+    stop: bool = False,
+) -> tuple[Tensor | None, dict[str, Tensor]]:
+    """The model's output for `x` (None with `stop`) and the output of each layer in `refs`,
+    keyed by `str(ref)`, passed through `transform` when given.
 
     Outputs are copied as they are produced, so later in-place operations cannot change them.
     """
@@ -39,13 +51,19 @@ def capture(
             _m: nn.Module, _inp: object, out: Tensor, ref: LayerRef = ref, calls=calls
         ) -> None:
             if calls[0] == ref.call:
-                t = out.detach().clone()
+                t = (out[0] if isinstance(out, (tuple, list)) else out).detach()
+                t = transform(t).clone() if transform is not None else t.clone()
                 got[str(ref)] = t.flatten(1) if flatten else t
+                if stop and len(got) == len(refs):
+                    raise _Stop
             calls[0] += 1
 
         handles.append(modules[ref.module].register_forward_hook(hook))
+    y = None
     try:
         y = model(x)
+    except _Stop:
+        pass
     finally:
         for h in handles:
             h.remove()
@@ -65,6 +83,7 @@ def capture_batched(
     feats: dict[str, list[Tensor]] = {str(r): [] for r in refs}
     for start in range(0, len(x), batch):
         y, got = capture(model, x[start : start + batch], refs, flatten=flatten)
+        assert y is not None
         ys.append(y)
         for k, v in got.items():
             feats[k].append(v)
