@@ -111,47 +111,63 @@ def conv(node: Node, g: Signal, ctx: Context) -> dict[Ref, Signal]:
 def unpool(node: Node, g: Signal, ctx: Context) -> dict[Ref, Signal]:
     """Route each value to the input its window's maximum came from; shared maxima SUM."""
     x = _only_input(node)
-    idx_all = node.saved["indices"]
     Hi, Wi = _in_hw(ctx, x)
-    if node.name in ("max_pool2d", "_max_pool2d", "max_pool2d_with_indices") and g.is_map:
-        p = pool_params(node.args, node.kwargs)
-        (sy, sx), (py, px), (dy, dx), (ky, kx) = (
-            p["stride"],
-            p["padding"],
-            p["dilation"],
-            p["kernel_size"],
-        )
-    else:  # adaptive pooling: windows of uneven size, so work on the whole map
-        g = Signal.of(materialize(g))
-        sy = sx = 1
-        py = px = dy = dx = 0
-        ky, kx = Hi, Wi
+    if node.name not in _WINDOWED_POOLS or not g.is_map:
+        # Adaptive pooling has windows of uneven size: work on the whole map.
+        data = materialize(g)
+        B, C = data.shape[:2]
+        idx = node.saved["indices"][ctx.owner].flatten(2)
+        out = data.new_zeros(B, C, Hi * Wi).scatter_add_(2, idx, data.flatten(2))
+        return {x: Signal.of(out.view(B, C, Hi, Wi))}
     assert g.off is not None
+    p = pool_params(node.args, node.kwargs)
+    (sy, sx), (py, px) = p["stride"], p["padding"]
+    codes_all, (Ky, Kx) = _switch_codes(node, Wi, p)
     B, C, h, w = g.data.shape
-    Ho, Wo = idx_all.shape[-2:]
+    Ho, Wo = codes_all.shape[-2:]
     dev = g.off.device
-    ys = g.off[:, :1] + torch.arange(h, device=dev)  # B x h, map rows of the window
-    xs = g.off[:, 1:] + torch.arange(w, device=dev)
-    rows = ctx.owner[:, None, None]
-    idx = idx_all[rows, :, ys.clamp(0, Ho - 1)[:, :, None], xs.clamp(0, Wo - 1)[:, None, :]]
-    idx = idx.permute(0, 3, 1, 2)  # B x C x h x w, flat indices into the input map
-    if g.size == (Ho, Wo) and (ky, kx) == (Hi, Wi):
-        off_in = torch.zeros_like(g.off)
-        size = (Hi, Wi)
-    else:
-        off_in = g.off * torch.tensor([sy, sx], device=dev) - torch.tensor([py, px], device=dev)
-        size = ((h - 1) * sy + dy * (ky - 1) + 1, (w - 1) * sx + dx * (kx - 1) + 1)
-    ly = idx // Wi - off_in[:, 0, None, None, None]
-    lx = idx % Wi - off_in[:, 1, None, None, None]
-    local = ly * size[1] + lx
-    # Window positions outside the pooled map carry no signal; their (clamped) switches may
-    # point outside this window, so send them to slot 0 with their zero value.
-    valid = ((ys >= 0) & (ys < Ho))[:, :, None] & ((xs >= 0) & (xs < Wo))[:, None, :]
-    if not bool(valid.all()):
-        local = torch.where(valid[:, None], local, torch.zeros_like(local))
+    # Each window position's switch, as its place inside the pooling window. Positions that
+    # hang over the pooled map read a neighbour's code; their value is zero, so it is harmless.
+    ys = (g.off[:, :1] + torch.arange(h, device=dev)).clamp(0, Ho - 1)
+    xs = (g.off[:, 1:] + torch.arange(w, device=dev)).clamp(0, Wo - 1)
+    pos = (ys[:, :, None] * Wo + xs[:, None, :]).view(B, 1, h * w).expand(B, C, h * w)
+    codes = torch.gather(codes_all[ctx.owner].flatten(2), 2, pos)
+    size = ((h - 1) * sy + Ky, (w - 1) * sx + Kx)
+    # The input window starts where the first pooling window does, so a switch's place in it
+    # is (i * stride + ky, j * stride + kx) whatever the offsets: no per-row arithmetic.
+    base = (torch.arange(h, device=dev) * sy)[:, None] * size[1] + torch.arange(w, device=dev) * sx
+    k = torch.arange(Ky * Kx, device=dev)
+    lut = (k // Kx) * size[1] + k % Kx
+    local = base.view(1, 1, -1) + lut[codes.long()]
     out = g.data.new_zeros(B, C, size[0] * size[1])
-    out.scatter_add_(2, local.flatten(2), g.data.flatten(2))
+    out.scatter_add_(2, local, g.data.flatten(2))
+    off_in = g.off * torch.tensor([sy, sx], device=dev) - torch.tensor([py, px], device=dev)
     return {x: ctx.fit(Signal(out.view(B, C, *size), off_in, (Hi, Wi)))}
+
+
+_WINDOWED_POOLS = ("max_pool2d", "_max_pool2d", "max_pool2d_with_indices")
+
+
+def _switch_codes(node: Node, Wi: int, p: dict[str, Any]) -> tuple[Tensor, tuple[int, int]]:
+    """Switches as small codes ky * Kx + kx: where inside its window each maximum was.
+
+    Computed once per recording (and kept on the node) from the flat indices PyTorch gives.
+    """
+    (sy, sx), (py, px), (dy, dx) = p["stride"], p["padding"], p["dilation"]
+    (ky, kx) = p["kernel_size"]
+    K = (dy * (ky - 1) + 1, dx * (kx - 1) + 1)
+    codes = node.saved.get("codes")
+    if codes is None:
+        idx = node.saved["indices"]
+        Ho, Wo = idx.shape[-2:]
+        y0 = torch.arange(Ho, device=idx.device) * sy - py
+        x0 = torch.arange(Wo, device=idx.device) * sx - px
+        rel_y = idx // Wi - y0[:, None]
+        rel_x = idx % Wi - x0[None, :]
+        dtype = torch.uint8 if K[0] * K[1] <= 256 else torch.int32
+        codes = (rel_y * K[1] + rel_x).to(dtype)
+        node.saved["codes"] = codes
+    return codes, K
 
 
 # --- normalization, by policy --------------------------------------------------------------
