@@ -42,8 +42,9 @@ class Context:
     norm: str
     clip: bool = True  # False: let windows hang over the map (to measure receptive fields)
 
-    def fit(self, sig: Signal) -> Signal:
-        return fit(sig, move=False) if self.clip else sig
+    def fit(self, sig: Signal, fresh: bool = False) -> Signal:
+        """Clip to the map (unless measuring receptive fields); `fresh`: data is our own."""
+        return fit(sig, move=False, inplace=fresh) if self.clip else sig
 
 
 Rule = Callable[[Node, Signal, Context], dict[Ref, Signal]]
@@ -82,7 +83,9 @@ def _in_hw(ctx: Context, ref: Ref) -> tuple[int, int]:
 def rectify(node: Node, g: Signal, ctx: Context) -> dict[Ref, Signal]:
     if node.name.startswith("hardtanh") and float(_arg(node, 1, "min_val", -1.0)) != 0.0:
         raise unsupported(node, "hardtanh whose lower bound is not 0 is not a rectifier")
-    return {_only_input(node): g.with_data(g.data.clamp(min=0))}
+    # In place: a signal's data is never shared between branches (`add` copies), and it is
+    # consumed here.
+    return {_only_input(node): g.with_data(g.data.clamp_(min=0))}
 
 
 def conv(node: Node, g: Signal, ctx: Context) -> dict[Ref, Signal]:
@@ -105,7 +108,7 @@ def conv(node: Node, g: Signal, ctx: Context) -> dict[Ref, Signal]:
     assert g.off is not None
     dev = g.off.device
     off = g.off * torch.tensor(stride, device=dev) - torch.tensor(padding, device=dev)
-    return {x: ctx.fit(Signal(y, off, _in_hw(ctx, x)))}
+    return {x: ctx.fit(Signal(y, off, _in_hw(ctx, x)), fresh=True)}
 
 
 def unpool(node: Node, g: Signal, ctx: Context) -> dict[Ref, Signal]:
@@ -142,7 +145,7 @@ def unpool(node: Node, g: Signal, ctx: Context) -> dict[Ref, Signal]:
     out = g.data.new_zeros(B, C, size[0] * size[1])
     out.scatter_add_(2, local, g.data.flatten(2))
     off_in = g.off * torch.tensor([sy, sx], device=dev) - torch.tensor([py, px], device=dev)
-    return {x: ctx.fit(Signal(out.view(B, C, *size), off_in, (Hi, Wi)))}
+    return {x: ctx.fit(Signal(out.view(B, C, *size), off_in, (Hi, Wi)), fresh=True)}
 
 
 _WINDOWED_POOLS = ("max_pool2d", "_max_pool2d", "max_pool2d_with_indices")
@@ -232,7 +235,12 @@ def add(node: Node, g: Signal, ctx: Context) -> dict[Ref, Signal]:
             continue
         sign = -1.0 if sub and (i == 1) != (node.name in ("__rsub__", "rsub")) else 1.0
         scale = sign * (alpha if i == 1 else 1)
-        s = g if scale == 1 else g.with_data(g.data * scale)
+        # Each operand gets its own data, so that rules further down may work in place.
+        s = (
+            g.with_data(g.data.clone() if i == 1 else g.data)
+            if scale == 1
+            else g.with_data(g.data * scale)
+        )
         if ctx.tape.shape(a) != out_shape:  # broadcast: sum over the expanded dimensions
             data = materialize(s)
             shape = ctx.tape.shape(a)

@@ -72,12 +72,13 @@ def reframe(sig: Signal, off: Tensor, size: tuple[int, int]) -> Tensor:
     return out.permute(0, 3, 1, 2) * valid[:, None].to(data.dtype)
 
 
-def fit(sig: Signal, move: bool = True) -> Signal:
+def fit(sig: Signal, move: bool = True, inplace: bool = False) -> Signal:
     """Clip each row's window to the map, keeping one size for all rows.
 
     move=False, for windows no larger than the map: leave each window where it is and zero
     what hangs over the map's edge. That is much cheaper than moving rows apart (a gather) and
     just as exact; the window may then sit partly outside the map, which every rule allows.
+    inplace=True zeroes in `sig.data` itself (only for data no other signal shares).
     """
     assert sig.off is not None and sig.hw is not None
     (H, W), (h, w) = sig.hw, sig.size
@@ -89,7 +90,8 @@ def fit(sig: Signal, move: bool = True) -> Signal:
         ys = sig.off[:, :1] + torch.arange(h, device=dev)
         xs = sig.off[:, 1:] + torch.arange(w, device=dev)
         inside = ((ys >= 0) & (ys < H))[:, :, None] & ((xs >= 0) & (xs < W))[:, None, :]
-        return sig.with_data(sig.data * inside[:, None].to(sig.data.dtype))
+        mask = inside[:, None].to(sig.data.dtype)
+        return sig.with_data(sig.data.mul_(mask) if inplace else sig.data * mask)
     nh, nw = min(h, H), min(w, W)
     lo = torch.zeros_like(sig.off)
     hi = torch.tensor([H - nh, W - nw], device=sig.off.device)
