@@ -113,74 +113,19 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 
 def test_cli_errors_are_one_line_with_status_2(tmp_path):
     photo = write(tmp_path, "p.png", np.full((64, 64, 3), 100, np.uint8))
+
+    def deconv(*extra: str, image=photo, layer: str = "conv2", channel: str = "1") -> list[str]:
+        return [
+            *("deconv", "--model", "zfnet", "--image", str(image), "--layer", layer),
+            *("--channel", channel, "--out", str(tmp_path / "o"), *extra),
+        ]
+
     cases = [
-        (
-            [
-                "deconv",
-                "--model",
-                "zfnet",
-                "--image",
-                str(photo),
-                "--layer",
-                "conv9",
-                "--channel",
-                "1",
-                "--out",
-                str(tmp_path / "o"),
-            ],
-            "no layer 'conv9'",
-        ),
-        (
-            [
-                "deconv",
-                "--model",
-                "zfnet",
-                "--image",
-                str(photo),
-                "--layer",
-                "conv2",
-                "--channel",
-                "999",
-                "--out",
-                str(tmp_path / "o"),
-            ],
-            "channel 999 is out of range",
-        ),
-        (
-            [
-                "deconv",
-                "--model",
-                "zfnet",
-                "--image",
-                str(tmp_path / "nope.png"),
-                "--layer",
-                "conv2",
-                "--channel",
-                "1",
-                "--out",
-                str(tmp_path / "o"),
-            ],
-            "does not exist",
-        ),
+        (deconv(layer="conv9"), "no layer 'conv9'"),
+        (deconv(channel="999"), "channel 999 is out of range"),
+        (deconv(image=tmp_path / "nope.png"), "does not exist"),
         (["layers", "--model", "zfnet", "--weights", str(tmp_path / "none.pt")], "does not exist"),
-        (
-            [
-                "deconv",
-                "--model",
-                "zfnet",
-                "--image",
-                str(photo),
-                "--layer",
-                "conv2",
-                "--channel",
-                "1",
-                "--position",
-                "a,b",
-                "--out",
-                str(tmp_path / "o"),
-            ],
-            "two integers",
-        ),
+        (deconv("--position", "a,b"), "two integers"),
     ]
     for args, expected in cases:
         done = run_cli(*args)
