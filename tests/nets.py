@@ -90,3 +90,27 @@ def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
             m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
             m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
     return model.eval()
+
+
+class Tiny(nn.Module):
+    """Two small convolutions and a linear head: fast enough for many forward passes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 6, 5, stride=2)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(6, 8, 3, stride=2)
+        self.relu2 = nn.ReLU()
+        self.pool = nn.AdaptiveAvgPool2d(2)
+        self.fc = nn.Linear(32, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.relu2(self.conv2(self.relu1(self.conv1(x))))
+        return self.fc(self.pool(h).flatten(1))
+
+    # Direct computations of two layers' outputs, for tests that check captured features.
+    def low(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu1(self.conv1(x))
+
+    def high(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.relu2(self.conv2(self.low(x))))

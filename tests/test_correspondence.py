@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch import nn
 
 from convscope.analyses.correspondence import (
     FIXED,
@@ -32,6 +31,8 @@ from convscope.cli import main
 from convscope.data.images import preprocess
 from convscope.errors import ConvscopeError
 from convscope.models.info import ModelInfo, Preprocess
+
+from .nets import Tiny
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -103,21 +104,6 @@ def test_visible_window_is_what_resize_and_crop_keeps() -> None:
 
 
 # -- a tiny model and synthetic aligned "faces" -------------------------------------------------
-
-
-class Tiny(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 6, 5, stride=2)
-        self.relu1 = nn.ReLU()
-        self.conv2 = nn.Conv2d(6, 8, 3, stride=2)
-        self.relu2 = nn.ReLU()
-        self.pool = nn.AdaptiveAvgPool2d(2)
-        self.fc = nn.Linear(32, 4)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.relu2(self.conv2(self.relu1(self.conv1(x))))
-        return self.fc(self.pool(h).flatten(1))
 
 
 def tiny() -> Tiny:

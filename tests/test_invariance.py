@@ -25,6 +25,8 @@ from convscope.data.samples import sample_image
 from convscope.errors import ConvscopeError
 from convscope.models.info import ModelInfo, Preprocess
 
+from .nets import Tiny
+
 # Resize 256 / crop 224: a 256 x 256 photo is seen at scale 1 with a 16-px margin all round.
 PRE = Preprocess(resize=256, crop=224, mean=(100.0, 110.0, 120.0), std=(50.0, 50.0, 50.0))
 
@@ -82,27 +84,6 @@ def test_padding_is_the_part_of_the_view_beyond_the_photo() -> None:
     assert (view[46:] != [100, 110, 120]).any(axis=2).all()
     assert transform_photo(photo, "translate", 10, PRE)[1] == 0.0  # inside the margin
     assert transform_photo(photo, "translate", 0, PRE) == (photo, 0.0)
-
-
-class Tiny(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 6, 5, stride=2)
-        self.relu1 = nn.ReLU()
-        self.conv2 = nn.Conv2d(6, 8, 3, stride=2)
-        self.relu2 = nn.ReLU()
-        self.pool = nn.AdaptiveAvgPool2d(2)
-        self.fc = nn.Linear(32, 4)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.relu2(self.conv2(self.relu1(self.conv1(x))))
-        return self.fc(self.pool(h).flatten(1))
-
-    def low(self, x: torch.Tensor) -> torch.Tensor:
-        return self.relu1(self.conv1(x))
-
-    def high(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pool(self.relu2(self.conv2(self.low(x))))
 
 
 def tiny() -> Tiny:
