@@ -22,8 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from convscope.core.signal import Signal, fit, materialize
+from convscope.core.signal import Signal, crop_rows, fit, materialize
 from convscope.core.tape import Node, Ref, Tape, pool_params
+from convscope.core.transposed_conv import conv_transpose2d
 from convscope.errors import UnsupportedLayerError
 
 NORM_POLICIES = ("identity", "jacobian")
@@ -104,7 +105,7 @@ def conv(node: Node, g: Signal, ctx: Context) -> dict[Ref, Signal]:
     if not g.is_map:
         g = Signal.of(g.data)
     # Full support of the window (padding 0), then placed at offset * stride - padding.
-    y = F.conv_transpose2d(g.data, weight, stride=stride, dilation=dilation, groups=groups)
+    y = conv_transpose2d(g.data, weight, stride, dilation, groups)
     assert g.off is not None
     dev = g.off.device
     off = g.off * torch.tensor(stride, device=dev) - torch.tensor(padding, device=dev)
@@ -193,19 +194,42 @@ def batch_norm(node: Node, g: Signal, ctx: Context) -> dict[Ref, Signal]:
 
 
 def lrn(node: Node, g: Signal, ctx: Context) -> dict[Ref, Signal]:
+    """Local response normalization, y_c = x_c d_c^-b with d_c = k + a/n sum_{j in W(c)} x_j^2.
+    Under the Jacobian policy its transpose is applied in closed form:
+    dx_j = g_j d_j^-b - (2ab/n) x_j sum_{c: j in W(c)} g_c x_c d_c^(-b-1),
+    with d^-b, x and x d^(-b-1) computed once per recording and cropped to each row's window."""
     x = _only_input(node)
     if ctx.norm == "identity":
         return {x: g}
-    from convscope.core.signal import reframe
+    size = int(_arg(node, 1, "size"))
+    alpha = float(_arg(node, 2, "alpha", 1e-4))
+    terms = _lrn_terms(node, size, alpha)  # N x 3C x H x W
+    C = terms.shape[1] // 3
+    if g.off is not None:
+        t = crop_rows(terms, ctx.owner, g.off, g.size)
+    else:
+        t = terms[ctx.owner]
+    B = t.shape[0]
+    t, data = t.reshape(B, 3 * C, -1), g.data.reshape(B, C, -1)
+    d_b, xin, x_d = t[:, :C], t[:, C : 2 * C], t[:, 2 * C :]
+    # Sum over the channels c whose window holds j: c in [j - (size-1)//2, j + size//2].
+    u = F.pad(data * x_d, (0, 0, (size - 1) // 2 + 1, size // 2)).cumsum(1)
+    window_sum = u[:, size:] - u[:, :-size]
+    beta = float(_arg(node, 3, "beta", 0.75))
+    out = data * d_b - (2 * alpha * beta / size) * xin * window_sum
+    return {x: g.with_data(out.view(g.data.shape))}
 
-    saved = node.saved["input"][ctx.owner]
-    crop = reframe(Signal.of(saved), g.off, g.size) if g.off is not None else saved
-    crop = crop.detach().requires_grad_(True)
-    args = [crop if isinstance(a, Ref) else a for a in node.args]
-    with torch.enable_grad():
-        y = node.func(*args, **node.kwargs)
-        (grad,) = torch.autograd.grad(y, crop, g.data)
-    return {x: g.with_data(grad)}
+
+def _lrn_terms(node: Node, size: int, alpha: float) -> Tensor:
+    """d^-b, x and x d^(-b-1) of every recorded image, stacked on channels (cached)."""
+    if "lrn_terms" not in node.saved:
+        xin: Tensor = node.saved["input"]
+        beta = float(_arg(node, 3, "beta", 0.75))
+        k = float(_arg(node, 4, "k", 1.0))
+        sq = F.pad((xin * xin).flatten(2), (0, 0, size // 2, (size - 1) // 2))
+        d = F.avg_pool2d(sq.unsqueeze(1), (size, 1), stride=1).view(xin.shape) * alpha + k
+        node.saved["lrn_terms"] = torch.cat([d.pow(-beta), xin, xin * d.pow(-beta - 1)], 1)
+    return node.saved["lrn_terms"]
 
 
 # --- plumbing: everything linear and the same for every image ----------------------------

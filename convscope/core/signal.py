@@ -16,6 +16,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+# Elements per row of a window from which rows are copied one by one rather than gathered.
+_ROW_COPY_MIN = 1024
+
 
 @dataclass
 class Signal:
@@ -62,6 +65,15 @@ def reframe(sig: Signal, off: Tensor, size: tuple[int, int]) -> Tensor:
         out = data.new_zeros(B, C, nh, nw)
         out[:, :, y0 - dy : y1 - dy, x0 - dx : x1 - dx] = data[:, :, y0:y1, x0:x1]
         return out
+    if C * nh * nw >= _ROW_COPY_MIN:
+        # Big windows: one slice copy per row beats a gather of every element.
+        out = data.new_zeros(B, C, nh, nw)
+        for b, (dy, dx) in enumerate(delta.tolist()):
+            y0, y1 = max(dy, 0), min(dy + nh, h)
+            x0, x1 = max(dx, 0), min(dx + nw, w)
+            if y0 < y1 and x0 < x1:
+                out[b, :, y0 - dy : y1 - dy, x0 - dx : x1 - dx] = data[b, :, y0:y1, x0:x1]
+        return out
     ar_y = torch.arange(nh, device=data.device)
     ar_x = torch.arange(nw, device=data.device)
     iy = ar_y[None] + delta[:, :1]  # B x nh
@@ -70,6 +82,20 @@ def reframe(sig: Signal, off: Tensor, size: tuple[int, int]) -> Tensor:
     rows = torch.arange(B, device=data.device)[:, None, None]
     out = data[rows, :, iy.clamp(0, h - 1)[:, :, None], ix.clamp(0, w - 1)[:, None, :]]
     return out.permute(0, 3, 1, 2) * valid[:, None].to(data.dtype)
+
+
+def crop_rows(full: Tensor, owner: Tensor, off: Tensor, size: tuple[int, int]) -> Tensor:
+    """Row b: the window of `size` at off[b] of image owner[b] of `full` (N x C x H x W),
+    zero where it hangs over the map. One slice copy per row, no copy of whole maps."""
+    B, (nh, nw) = len(owner), size
+    H, W = full.shape[-2:]
+    out = full.new_zeros(B, *full.shape[1:-2], nh, nw)
+    for b, (n, y, x) in enumerate(zip(owner.tolist(), off[:, 0].tolist(), off[:, 1].tolist())):
+        y0, y1 = max(y, 0), min(y + nh, H)
+        x0, x1 = max(x, 0), min(x + nw, W)
+        if y0 < y1 and x0 < x1:
+            out[b, ..., y0 - y : y1 - y, x0 - x : x1 - x] = full[n, ..., y0:y1, x0:x1]
+    return out
 
 
 def fit(sig: Signal, move: bool = True, inplace: bool = False) -> Signal:
