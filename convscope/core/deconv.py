@@ -15,7 +15,7 @@ field.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from convscope.core.layers import LayerRef, resolve_layer
 from convscope.core.rules import NORM_POLICIES, Context, rule_for
-from convscope.core.signal import Signal, fit, materialize
+from convscope.core.signal import Signal, fit, materialize, paste_rows
 from convscope.core.tape import Recording, Ref, record
 from convscope.errors import ConvscopeError
 
@@ -101,7 +101,11 @@ class DeconvNet:
         rec = self.record(images, layer)
         channels = [channel] if isinstance(channel, int) else list(channel)
         targets = select(rec.activation, channels, position=position, mode=mode)
-        out = self.project_targets(rec, targets).full()
+        H, W = rec.tape.input_shape[-2:]
+        # Each chunk's windows go straight into the images: no list of windows to join.
+        out = images.new_zeros(len(targets.image), images.shape[1], int(H), int(W))
+        for start, data, off in self._chunks(rec, targets):
+            paste_rows(out[start : start + len(data)], data, off)
         N = images.shape[0]
         out = out.view(N, len(channels), *out.shape[1:])
         return out[:, 0] if isinstance(channel, int) else out
@@ -112,16 +116,9 @@ class DeconvNet:
         dev = rec.activation.device
         targets = Targets(*(t.to(dev) for t in vars(targets).values()))
         windows, offsets = [], []
-        rows = self.rows or _auto_rows(rec)
-        for start in range(0, len(targets.image), rows):
-            part = slice(start, start + rows)
-            seed = _seed(rec.activation, targets, part)
-            owner = targets.image[part]
-            with torch.no_grad():
-                sig = descend(rec, seed, owner, self.norm)
-            windows.append(sig.data)
-            assert sig.off is not None
-            offsets.append(sig.off)
+        for _, data, off in self._chunks(rec, targets):
+            windows.append(data)
+            offsets.append(off)
         if not windows:
             return Projections(torch.zeros(0, 3, 1, 1), torch.zeros(0, 2, dtype=torch.long), (H, W))
         # Chunks can end with windows of different sizes; bring them to the largest.
@@ -129,6 +126,18 @@ class DeconvNet:
         if any(w.shape[-2:] != size for w in windows):
             windows, offsets = _same_size(windows, offsets, size, (H, W))
         return Projections(torch.cat(windows), torch.cat(offsets), (int(H), int(W)))
+
+    def _chunks(self, rec: Recording, targets: Targets) -> Iterator[tuple[int, Tensor, Tensor]]:
+        """(first row, windows, offsets) of each chunk of `self.rows` projections."""
+        rows = self.rows or _auto_rows(rec)
+        for start in range(0, len(targets.image), rows):
+            part = slice(start, start + rows)
+            seed = _seed(rec.activation, targets, part)
+            owner = targets.image[part]
+            with torch.no_grad():
+                sig = descend(rec, seed, owner, self.norm)
+            assert sig.off is not None
+            yield start, sig.data, sig.off
 
 
 def _auto_rows(rec: Recording) -> int:

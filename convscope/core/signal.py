@@ -67,13 +67,7 @@ def reframe(sig: Signal, off: Tensor, size: tuple[int, int]) -> Tensor:
         return out
     if C * nh * nw >= _ROW_COPY_MIN:
         # Big windows: one slice copy per row beats a gather of every element.
-        out = data.new_zeros(B, C, nh, nw)
-        for b, (dy, dx) in enumerate(delta.tolist()):
-            y0, y1 = max(dy, 0), min(dy + nh, h)
-            x0, x1 = max(dx, 0), min(dx + nw, w)
-            if y0 < y1 and x0 < x1:
-                out[b, :, y0 - dy : y1 - dy, x0 - dx : x1 - dx] = data[b, :, y0:y1, x0:x1]
-        return out
+        return paste_rows(data.new_zeros(B, C, nh, nw), data, sig.off - off)
     ar_y = torch.arange(nh, device=data.device)
     ar_x = torch.arange(nw, device=data.device)
     iy = ar_y[None] + delta[:, :1]  # B x nh
@@ -82,6 +76,18 @@ def reframe(sig: Signal, off: Tensor, size: tuple[int, int]) -> Tensor:
     rows = torch.arange(B, device=data.device)[:, None, None]
     out = data[rows, :, iy.clamp(0, h - 1)[:, :, None], ix.clamp(0, w - 1)[:, None, :]]
     return out.permute(0, 3, 1, 2) * valid[:, None].to(data.dtype)
+
+
+def paste_rows(out: Tensor, data: Tensor, off: Tensor) -> Tensor:
+    """Write row b of `data` (B x C x h x w) into row b of `out` with its top-left corner at
+    off[b], dropping what falls outside `out`. One slice copy per row."""
+    (H, W), (h, w) = out.shape[-2:], data.shape[-2:]
+    for b, (y, x) in enumerate(off.tolist()):
+        y0, y1 = max(y, 0), min(y + h, H)
+        x0, x1 = max(x, 0), min(x + w, W)
+        if y0 < y1 and x0 < x1:
+            out[b, :, y0:y1, x0:x1] = data[b, :, y0 - y : y1 - y, x0 - x : x1 - x]
+    return out
 
 
 def crop_rows(full: Tensor, owner: Tensor, off: Tensor, size: tuple[int, int]) -> Tensor:

@@ -42,6 +42,7 @@ def _by_product(
     taps = weight.reshape(Co, Ci * Ky * Kx).t()  # (Ci Ky Kx) x Co
     flat = g.reshape(B, Co, h * w)
     n = max(1, PIECE_BYTES // (Ci * Ky * Kx * h * w * g.element_size()))
+    n = -(-B // -(-B // n))  # pieces of even size: a last piece of one row is slow
     buf = g.new_empty(min(n, B), Ci * Ky * Kx, h * w)
     for start in range(0, B, n):
         stop = min(start + n, B)
