@@ -117,6 +117,7 @@ def bench_projection(model, coll, refs, pre, tables, batch_size, sample, seed=0)
     start = time.perf_counter()
     ids = np.unique(np.concatenate([t.images[t.images >= 0] for t in tables]))
     rfs = None
+    template = None
     n_targets = 0
     keep: dict[tuple[int, int, int], np.ndarray] = {}
     layer_s = [0.0] * len(tables)
@@ -132,8 +133,12 @@ def bench_projection(model, coll, refs, pre, tables, batch_size, sample, seed=0)
         chunk = ids[s : s + batch_size]
         x = load_ids(coll, chunk.tolist(), pre)
         t0 = time.perf_counter()
-        recs = record_layers(model, x, refs)
+        # As `convscope topk`: later groups stop their forward pass where the first group's
+        # recording (the template) shows that the way down needs no more of their values.
+        recs = record_layers(model, x, refs, template=template)
         record_s += time.perf_counter() - t0
+        if template is None:
+            template = recs
         if rfs is None:
             rfs = fields(recs)
         for li, (t, rec) in enumerate(zip(tables, recs)):
@@ -142,8 +147,9 @@ def bench_projection(model, coll, refs, pre, tables, batch_size, sample, seed=0)
                 continue
             t0 = time.perf_counter()
             tg = LayerTargets(
-                c, slot, np.searchsorted(chunk, t.images[c, slot]), t.ys[c, slot], t.xs[c, slot]
-            )
+                c, slot, np.searchsorted(chunk, t.images[c, slot]), t.ys[c, slot], t.xs[c, slot],
+                t.values[c, slot],
+            )  # fmt: skip
             p = project(deconv, rec, tg)
             layer_s[li] += time.perf_counter() - t0
             n_targets += len(c)

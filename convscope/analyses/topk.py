@@ -53,7 +53,7 @@ from convscope.analyses.topk_projection import (
 from convscope.core.deconv import DeconvNet
 from convscope.core.layers import LayerRef, resolve_layer
 from convscope.core.receptive_field import ReceptiveField
-from convscope.core.tape import record_layers
+from convscope.core.tape import Recording, record_layers
 from convscope.data.images import denormalize
 from convscope.errors import ConvscopeError
 from convscope.models.info import Preprocess, info_of
@@ -265,12 +265,17 @@ def project_tables(
         sinks.append(sink)
     ids = np.unique(np.concatenate([t.images[t.images >= 0] for t in tables]))
     rfs: list[ReceptiveField | None] | None = None
+    template: list[Recording] | None = None
     n_targets = 0
     for s in range(0, len(ids), batch_size):
         chunk = ids[s : s + batch_size]
         x = load_ids(collection, chunk.tolist(), pre)
         rgb = [denormalize(x[j], pre) for j in range(len(chunk))]
-        recs = record_layers(model, x, refs)
+        # The first group's recording serves as the template that lets the others stop their
+        # forward pass at the last pooling or normalization the way down needs.
+        recs = record_layers(model, x, refs, template=template)
+        if template is None:
+            template = recs
         if rfs is None:
             rfs = fields(recs)
         for li, (t, rec) in enumerate(zip(tables, recs)):
@@ -279,8 +284,9 @@ def project_tables(
                 continue
             imgs = t.images[c, slot]
             targets = LayerTargets(
-                c, slot, np.searchsorted(chunk, imgs), t.ys[c, slot], t.xs[c, slot]
-            )
+                c, slot, np.searchsorted(chunk, imgs), t.ys[c, slot], t.xs[c, slot],
+                t.values[c, slot],
+            )  # fmt: skip
             p = project(deconv, rec, targets)
             for j in range(len(c)):
                 y, xx = int(targets.y[j]), int(targets.x[j])

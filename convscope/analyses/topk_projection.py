@@ -31,6 +31,7 @@ class LayerTargets:
     local: np.ndarray  # T image index inside the group
     y: np.ndarray
     x: np.ndarray
+    value: np.ndarray | None = None  # T mined values; needed when the recording has none
 
 
 def project(deconv: DeconvNet, rec: Recording, t: LayerTargets) -> Projections:
@@ -40,7 +41,11 @@ def project(deconv: DeconvNet, rec: Recording, t: LayerTargets) -> Projections:
     channel = torch.as_tensor(t.channel, dtype=torch.long)
     y = torch.as_tensor(t.y, dtype=torch.long)
     x = torch.as_tensor(t.x, dtype=torch.long)
-    if act.dim() == 4:
+    if t.value is not None:
+        value = torch.as_tensor(t.value, dtype=act.dtype, device=act.device)
+    elif not rec.has_values:
+        raise ValueError("this recording stopped below its layer: pass the mined values")
+    elif act.dim() == 4:
         value = act[image, channel, y, x]
     else:
         value = act[image, channel]

@@ -129,6 +129,10 @@ class DeconvNet:
 
     def _chunks(self, rec: Recording, targets: Targets) -> Iterator[tuple[int, Tensor, Tensor]]:
         """(first row, windows, offsets) of each chunk of `self.rows` projections."""
+        if not rec.has_values and rec.activation.dim() == 4 and bool((targets.y < 0).any()):
+            raise ConvscopeError(
+                "whole feature maps need the layer's values; this recording stopped below it"
+            )
         rows = self.rows or _auto_rows(rec)
         for start in range(0, len(targets.image), rows):
             part = slice(start, start + rows)

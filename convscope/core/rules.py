@@ -164,12 +164,21 @@ def _switch_codes(node: Node, Wi: int, p: dict[str, Any]) -> tuple[Tensor, tuple
     if codes is None:
         idx = node.saved["indices"]
         Ho, Wo = idx.shape[-2:]
-        y0 = torch.arange(Ho, device=idx.device) * sy - py
-        x0 = torch.arange(Wo, device=idx.device) * sx - px
-        rel_y = idx // Wi - y0[:, None]
-        rel_x = idx % Wi - x0[None, :]
+        dev = idx.device
+        y0 = torch.arange(Ho, device=dev) * sy - py
+        x0 = torch.arange(Wo, device=dev) * sx - px
         dtype = torch.uint8 if K[0] * K[1] <= 256 else torch.int32
-        codes = (rel_y * K[1] + rel_x).to(dtype)
+        if K[1] <= Wi:
+            # idx - (window start) = rel_y * Wi + rel_x with rel_x < Wi: a lookup table turns it
+            # into rel_y * Kx + rel_x. One subtraction and one gather; integer division of
+            # every index is 4-5x slower.
+            rel = idx - (y0[:, None] * Wi + x0[None, :])
+            j = torch.arange((K[0] - 1) * Wi + K[1], device=dev)
+            codes = ((j // Wi) * K[1] + j % Wi).to(dtype)[rel]
+        else:
+            rel_y = idx // Wi - y0[:, None]
+            rel_x = idx % Wi - x0[None, :]
+            codes = (rel_y * K[1] + rel_x).to(dtype)
         node.saved["codes"] = codes
     return codes, K
 

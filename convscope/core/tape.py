@@ -11,6 +11,7 @@ The forward runs under `torch.no_grad()`: the downward pass does not use autogra
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -125,10 +126,13 @@ def _wants_indices(name: str, kwargs: dict[str, Any], args: tuple[Any, ...]) -> 
 
 
 class _Recorder(TorchFunctionMode):
-    def __init__(self, tape: Tape, modules: list[tuple[str, str]]) -> None:
+    def __init__(
+        self, tape: Tape, modules: list[tuple[str, str]], stop_after: int | None = None
+    ) -> None:
         super().__init__()
         self.tape = tape
         self.modules = modules
+        self.stop_after = stop_after  # raise _Stop once this node is on the tape
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
         kwargs = kwargs or {}
@@ -163,6 +167,8 @@ class _Recorder(TorchFunctionMode):
         for j, o in enumerate(outs):
             if isinstance(o, Tensor):
                 self.tape.track(o, Ref(index, j))
+        if index == self.stop_after:
+            raise _Stop
         return result
 
     def _substitute(self, v: Any) -> Any:
@@ -189,6 +195,9 @@ class Recording:
     target: Ref
     activation: Tensor  # the layer's output, N x C [x h x w]
     layer: LayerRef
+    # False when the forward pass stopped below the layer (record_layers with a template):
+    # `activation` then has the right shape but no values (zeros, stored once).
+    has_values: bool = True
 
 
 @dataclass
@@ -259,9 +268,98 @@ def record(model: nn.Module, images: Tensor, layer: LayerRef) -> Recording:
     return record_layers(model, images, [layer])[0]
 
 
-def record_layers(model: nn.Module, images: Tensor, layers: Sequence[LayerRef]) -> list[Recording]:
+def record_layers(
+    model: nn.Module,
+    images: Tensor,
+    layers: Sequence[LayerRef],
+    *,
+    template: Sequence[Recording] | None = None,
+) -> list[Recording]:
     """One recorded forward pass that serves every layer in `layers`; it stops after the
-    last of them has run."""
+    last of them has run.
+
+    template: recordings of the same layers from an earlier batch of the same image size.
+    The way down needs this batch's values only up to the last operation that keeps some
+    (pooling switches, normalization inputs, a per-image factor); above it, only shapes and
+    weights, which the template already has. So the forward pass stops there and the rest of
+    the tape is the template's: on ZFNet's conv5 that skips conv3-conv5, about half of the
+    forward pass. Layers above the stop get `has_values=False` (seed them with values known
+    otherwise, e.g. mined ones). If this batch's operations differ from the template's, it
+    records in full.
+    """
+    stop = _graft_point(model, template) if template else None
+    recs, tape, stopped = _record(model, images, layers, stop)
+    if not stopped:
+        return recs
+    assert template is not None and stop is not None
+    old = template[0].tape
+    same = (
+        len(tape.nodes) == stop + 1
+        and tape.input_shape[1:] == old.input_shape[1:]
+        and all(
+            a.name == b.name and _unbatched(a.out_shapes) == _unbatched(b.out_shapes)
+            for a, b in zip(tape.nodes[1:], old.nodes[1 : stop + 1])
+        )
+    )
+    if not same:
+        return _record(model, images, layers, None)[0]
+    N, n_old = images.shape[0], old.input_shape[0]
+    tape.nodes += [_rebatch(node, n_old, N) for node in old.nodes[stop + 1 :]]
+    out = []
+    for i, t in enumerate(template):
+        if recs[i] is not None:
+            out.append(recs[i])
+            continue
+        act = t.activation
+        blank = torch.zeros((), dtype=act.dtype, device=images.device).expand(N, *act.shape[1:])
+        out.append(Recording(tape, t.target, blank, t.layer, has_values=False))
+    return out
+
+
+def _graft_point(model: nn.Module, template: Sequence[Recording]) -> int | None:
+    """The last node the way down needs this batch's values of (see record_layers), or None
+    if that is the deepest requested layer itself (nothing to save)."""
+    tape = template[0].tape
+    top = max(r.target.node for r in template)
+    weights = {id(p) for p in model.parameters()} | {id(b) for b in model.buffers()}
+    last = 0
+    for i in range(1, top + 1):
+        node = tape.nodes[i]
+        values = [
+            v for v in _tensors_in((*node.args, *node.kwargs.values())) if id(v) not in weights
+        ]
+        if node.saved or values:
+            last = i
+    return last if last < top else None
+
+
+def _tensors_in(values: tuple[Any, ...]) -> Iterator[Tensor]:
+    for v in values:
+        if isinstance(v, Tensor):
+            yield v
+        elif isinstance(v, (list, tuple)):
+            yield from _tensors_in(tuple(v))
+
+
+def _unbatched(shapes: list[torch.Size | None]) -> list[Any]:
+    return [s[1:] if s is not None and len(s) else s for s in shapes]
+
+
+def _rebatch(node: Node, old: int, new: int) -> Node:
+    """A template node for a batch of `new` images instead of `old`."""
+    if old == new:
+        return node
+    shapes = [
+        torch.Size((new, *s[1:])) if s is not None and len(s) and s[0] == old else s
+        for s in node.out_shapes
+    ]
+    return dataclasses.replace(node, out_shapes=shapes)
+
+
+def _record(
+    model: nn.Module, images: Tensor, layers: Sequence[LayerRef], stop_after: int | None
+) -> tuple[list[Recording], Tape, bool]:
+    """(recordings, tape, stopped early); with stop_after, layers not reached are None."""
     _check_traceable(model)
     images = images.detach()
     tape = _new_tape(images)
@@ -291,14 +389,18 @@ def record_layers(model: nn.Module, images: Tensor, layers: Sequence[LayerRef]) 
 
     was_training = model.training
     model.eval()
+    recorder = _Recorder(tape, stack, stop_after)
     try:
-        with torch.no_grad(), _hooks(model, tape, stack, calls, on_call), _Recorder(tape, stack):
+        with torch.no_grad(), _hooks(model, tape, stack, calls, on_call), recorder:
             model(images)
     except _Stop:
         pass
     finally:
         model.train(was_training)
     tape.release()
+    stopped = stop_after is not None and len(got) < len(layers)
+    if stopped:
+        return [got.get(i) for i in range(len(layers))], tape, True  # type: ignore[misc]
     missing = [i for i in range(len(layers)) if i not in got]
     if missing:
         seen = {c.module: c.call + 1 for c in calls}
@@ -307,7 +409,7 @@ def record_layers(model: nn.Module, images: Tensor, layers: Sequence[LayerRef]) 
             for i in missing
         )
         raise LayerNotFoundError(f"layer(s) {names} not reached in the forward pass")
-    return [got[i] for i in range(len(layers))]
+    return [got[i] for i in range(len(layers))], tape, False
 
 
 def record_all(model: nn.Module, images: Tensor) -> tuple[Tape, list[ModuleCall], Tensor]:
