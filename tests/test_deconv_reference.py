@@ -136,3 +136,27 @@ def test_max_mode_is_the_strongest_position_seeded_with_its_value():
     one = torch.zeros_like(act[:1])
     one[0, 4, y, xx] = 1.0
     assert close(proj[:1], down(tape, one) * act[0, 4, y, xx])
+
+
+def test_targets_in_any_order_near_and_away_from_borders():
+    # One chunk mixes rows at the map's corners, edges and centre (their common overhang is
+    # cut off), and the targets come shuffled: each projection must still be its own.
+    from convscope.core.deconv import Targets
+
+    model = _scaled_zfnet(zfnet)
+    x = photos(PAPER)
+    deconv = DeconvNet(model, rows=7)
+    rec = deconv.record(x, "conv4")
+    spots = [(y, xx) for y in (0, 1, 6, 11, 12) for xx in (0, 2, 12)]
+    image = torch.tensor([n for n in range(2) for _ in spots])
+    ys = torch.tensor([y for _ in range(2) for y, _ in spots])
+    xs = torch.tensor([xx for _ in range(2) for _, xx in spots])
+    shuffle = torch.randperm(len(image), generator=torch.Generator().manual_seed(0))
+    image, ys, xs = image[shuffle], ys[shuffle], xs[shuffle]
+    channel = torch.full_like(image, 9)
+    value = rec.activation[image, channel, ys, xs]
+    assert int((value > 0).sum()) >= len(value) // 2, "mostly inactive units: test is vacuous"
+    got = deconv.project_targets(rec, Targets(image, channel, ys, xs, value)).full()
+    for i in range(len(image)):
+        ref = literal_deconv(model, x, "features.relu4", 9, position=(int(ys[i]), int(xs[i])))
+        assert close(got[i], ref[int(image[i])]), (int(ys[i]), int(xs[i]))

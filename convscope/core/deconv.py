@@ -104,8 +104,8 @@ class DeconvNet:
         H, W = rec.tape.input_shape[-2:]
         # Each chunk's windows go straight into the images: no list of windows to join.
         out = images.new_zeros(len(targets.image), images.shape[1], int(H), int(W))
-        for start, data, off in self._chunks(rec, targets):
-            paste_rows(out[start : start + len(data)], data, off)
+        for rows, data, off in self._chunks(rec, targets):
+            paste_rows(out, data, off, rows)
         N = images.shape[0]
         out = out.view(N, len(channels), *out.shape[1:])
         return out[:, 0] if isinstance(channel, int) else out
@@ -115,33 +115,45 @@ class DeconvNet:
         H, W = rec.tape.input_shape[-2:]
         dev = rec.activation.device
         targets = Targets(*(t.to(dev) for t in vars(targets).values()))
-        windows, offsets = [], []
-        for _, data, off in self._chunks(rec, targets):
+        windows, offsets, order = [], [], []
+        for rows, data, off in self._chunks(rec, targets):
             windows.append(data)
             offsets.append(off)
+            order.append(rows)
         if not windows:
             return Projections(torch.zeros(0, 3, 1, 1), torch.zeros(0, 2, dtype=torch.long), (H, W))
         # Chunks can end with windows of different sizes; bring them to the largest.
         size = tuple(max(w.shape[-2 + i] for w in windows) for i in range(2))
         if any(w.shape[-2:] != size for w in windows):
             windows, offsets = _same_size(windows, offsets, size, (H, W))
-        return Projections(torch.cat(windows), torch.cat(offsets), (int(H), int(W)))
+        # Back from the order the chunks ran in to the targets' order.
+        back = torch.argsort(torch.cat(order).to(dev))
+        return Projections(torch.cat(windows)[back], torch.cat(offsets)[back], (int(H), int(W)))
 
-    def _chunks(self, rec: Recording, targets: Targets) -> Iterator[tuple[int, Tensor, Tensor]]:
-        """(first row, windows, offsets) of each chunk of `self.rows` projections."""
+    def _chunks(self, rec: Recording, targets: Targets) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        """(which targets, windows, offsets) of each chunk of `self.rows` projections.
+
+        Single activations run in the order of their position in the map, so that a chunk's
+        rows sit close together: near the map's border, their windows then hang over it
+        together, and the part outside is cut off for the whole chunk (`Context.fit`)."""
         if not rec.has_values and rec.activation.dim() == 4 and bool((targets.y < 0).any()):
             raise ConvscopeError(
                 "whole feature maps need the layer's values; this recording stopped below it"
             )
+        n = len(targets.image)
+        if n and bool((targets.y >= 0).all()):
+            order = torch.argsort(targets.y * (int(targets.x.max()) + 1) + targets.x, stable=True)
+        else:
+            order = torch.arange(n, device=targets.image.device)
         rows = self.rows or _auto_rows(rec)
-        for start in range(0, len(targets.image), rows):
-            part = slice(start, start + rows)
+        for start in range(0, n, rows):
+            part = order[start : start + rows]
             seed = _seed(rec.activation, targets, part)
             owner = targets.image[part]
             with torch.no_grad():
                 sig = descend(rec, seed, owner, self.norm)
             assert sig.off is not None
-            yield start, sig.data, sig.off
+            yield part, sig.data, sig.off
 
 
 def _auto_rows(rec: Recording) -> int:
@@ -197,7 +209,7 @@ def select(
     return Targets(image, channel, ys, xs, value)
 
 
-def _seed(activation: Tensor, t: Targets, part: slice) -> Signal:
+def _seed(activation: Tensor, t: Targets, part: Tensor) -> Signal:
     image, channel, ys, xs = t.image[part], t.channel[part], t.y[part], t.x[part]
     B = len(image)
     rows = torch.arange(B, device=activation.device)

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from convscope.core.signal import Signal, crop_rows, fit, materialize
+from convscope.core.signal import Signal, crop_rows, crop_to_map, fit, materialize
 from convscope.core.tape import Node, Ref, Tape, pool_params
 from convscope.core.transposed_conv import conv_transpose2d
 from convscope.errors import UnsupportedLayerError
@@ -45,7 +45,9 @@ class Context:
 
     def fit(self, sig: Signal, fresh: bool = False) -> Signal:
         """Clip to the map (unless measuring receptive fields); `fresh`: data is our own."""
-        return fit(sig, move=False, inplace=fresh) if self.clip else sig
+        if not self.clip or sig.off is None:
+            return sig
+        return fit(crop_to_map(sig), move=False, inplace=fresh)
 
 
 Rule = Callable[[Node, Signal, Context], dict[Ref, Signal]]

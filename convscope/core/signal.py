@@ -78,16 +78,31 @@ def reframe(sig: Signal, off: Tensor, size: tuple[int, int]) -> Tensor:
     return out.permute(0, 3, 1, 2) * valid[:, None].to(data.dtype)
 
 
-def paste_rows(out: Tensor, data: Tensor, off: Tensor) -> Tensor:
-    """Write row b of `data` (B x C x h x w) into row b of `out` with its top-left corner at
-    off[b], dropping what falls outside `out`. One slice copy per row."""
+def paste_rows(out: Tensor, data: Tensor, off: Tensor, rows: Tensor | None = None) -> Tensor:
+    """Write row b of `data` (B x C x h x w) into row rows[b] (default b) of `out` with its
+    top-left corner at off[b], dropping what falls outside `out`. One slice copy per row."""
     (H, W), (h, w) = out.shape[-2:], data.shape[-2:]
-    for b, (y, x) in enumerate(off.tolist()):
+    where = range(len(data)) if rows is None else rows.tolist()
+    for b, (r, (y, x)) in enumerate(zip(where, off.tolist())):
         y0, y1 = max(y, 0), min(y + h, H)
         x0, x1 = max(x, 0), min(x + w, W)
         if y0 < y1 and x0 < x1:
-            out[b, :, y0:y1, x0:x1] = data[b, :, y0 - y : y1 - y, x0 - x : x1 - x]
+            out[r, :, y0:y1, x0:x1] = data[b, :, y0 - y : y1 - y, x0 - x : x1 - x]
     return out
+
+
+def crop_to_map(sig: Signal) -> Signal:
+    """Cut from every row's window what lies outside the map in all rows alike (exact: the
+    signal is zero there). Rows near the same border lose that border's overhang."""
+    assert sig.off is not None and sig.hw is not None
+    (h, w), off = sig.size, sig.off
+    hw = torch.tensor(sig.hw, device=off.device)
+    lo = (-off).clamp(min=0).amin(0)
+    hi = torch.minimum(hw - off, torch.tensor([h, w], device=off.device)).amax(0)
+    (ly, lx), (hy, hx) = lo.tolist(), hi.tolist()
+    if (ly, lx, hy, hx) == (0, 0, h, w) or hy <= ly or hx <= lx:
+        return sig
+    return Signal(sig.data[:, :, ly:hy, lx:hx], off + lo, sig.hw)
 
 
 def crop_rows(full: Tensor, owner: Tensor, off: Tensor, size: tuple[int, int]) -> Tensor:
