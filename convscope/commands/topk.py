@@ -83,7 +83,9 @@ def run(args: argparse.Namespace) -> int:
                 b.close()
             bars.clear()
             desc = phase if rank == 0 else f"{phase} (rank {rank})"
-            bar = bars[phase] = tqdm(total=total, desc=desc, unit="img", leave=False)
+            unit = "map" if phase.startswith("drawing") else "img"
+            # smoothing=0: the average rate so far; the first report can come in a batch late.
+            bar = bars[phase] = tqdm(total=total, desc=desc, unit=unit, leave=False, smoothing=0)
         bar.n = done
         bar.refresh()
 

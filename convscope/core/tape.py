@@ -282,8 +282,9 @@ def record_layers(
     The way down needs this batch's values only up to the last operation that keeps some
     (pooling switches, normalization inputs, a per-image factor); above it, only shapes and
     weights, which the template already has. So the forward pass stops there and the rest of
-    the tape is the template's: on ZFNet's conv5 that skips conv3-conv5, about half of the
-    forward pass. Layers above the stop get `has_values=False` (seed them with values known
+    the tape is the template's. On ZFNet's conv5 that skips conv3-conv5: half the
+    multiply-adds, a fifth of the recording's time (the pooling and normalization below
+    stay). Layers above the stop get `has_values=False` (seed them with values known
     otherwise, e.g. mined ones). If this batch's operations differ from the template's, it
     records in full.
     """
