@@ -8,8 +8,9 @@ from convscope.analyses.topk_projection import LayerTargets, project
 from convscope.core.tape import record_layers
 from convscope.models import zfnet
 from convscope.models.info import info_of
-from tests.conftest import photos
-from tests.nets import ResNetish, randomize_bn
+
+from .conftest import photos
+from .nets import ResNetish, randomize_bn
 
 
 def _targets(rec, n_images, per_image=5, seed=0):
