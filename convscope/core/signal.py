@@ -11,7 +11,9 @@ rule first `materialize`s the whole map.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -81,14 +83,29 @@ def reframe(sig: Signal, off: Tensor, size: tuple[int, int]) -> Tensor:
 def paste_rows(out: Tensor, data: Tensor, off: Tensor, rows: Tensor | None = None) -> Tensor:
     """Write row b of `data` (B x C x h x w) into row rows[b] (default b) of `out` with its
     top-left corner at off[b], dropping what falls outside `out`. One slice copy per row."""
-    (H, W), (h, w) = out.shape[-2:], data.shape[-2:]
     where = range(len(data)) if rows is None else rows.tolist()
-    for b, (r, (y, x)) in enumerate(zip(where, off.tolist())):
+    for b, r, big, small in _overlaps(off, data.shape[-2:], out.shape[-2:], where):
+        out[r][big] = data[b][small]
+    return out
+
+
+def _overlaps(
+    off: Tensor, small: tuple[int, ...], big: tuple[int, ...], rows: Any
+) -> Iterator[tuple[int, Any, tuple[Any, ...], tuple[Any, ...]]]:
+    """For each row b: (b, rows[b], slices of the big map, slices of the small window) where
+    the window of size `small` at off[b] overlaps the map of size `big`; rows without any
+    overlap are skipped."""
+    (h, w), (H, W) = small, big
+    for b, (r, (y, x)) in enumerate(zip(rows, off.tolist())):
         y0, y1 = max(y, 0), min(y + h, H)
         x0, x1 = max(x, 0), min(x + w, W)
         if y0 < y1 and x0 < x1:
-            out[r, :, y0:y1, x0:x1] = data[b, :, y0 - y : y1 - y, x0 - x : x1 - x]
-    return out
+            yield (
+                b,
+                r,
+                (..., slice(y0, y1), slice(x0, x1)),
+                (..., slice(y0 - y, y1 - y), slice(x0 - x, x1 - x)),
+            )
 
 
 def crop_to_map(sig: Signal) -> Signal:
@@ -108,14 +125,9 @@ def crop_to_map(sig: Signal) -> Signal:
 def crop_rows(full: Tensor, owner: Tensor, off: Tensor, size: tuple[int, int]) -> Tensor:
     """Row b: the window of `size` at off[b] of image owner[b] of `full` (N x C x H x W),
     zero where it hangs over the map. One slice copy per row, no copy of whole maps."""
-    B, (nh, nw) = len(owner), size
-    H, W = full.shape[-2:]
-    out = full.new_zeros(B, *full.shape[1:-2], nh, nw)
-    for b, (n, y, x) in enumerate(zip(owner.tolist(), off[:, 0].tolist(), off[:, 1].tolist())):
-        y0, y1 = max(y, 0), min(y + nh, H)
-        x0, x1 = max(x, 0), min(x + nw, W)
-        if y0 < y1 and x0 < x1:
-            out[b, ..., y0 - y : y1 - y, x0 - x : x1 - x] = full[n, ..., y0:y1, x0:x1]
+    out = full.new_zeros(len(owner), *full.shape[1:-2], *size)
+    for b, n, big, small in _overlaps(off, size, full.shape[-2:], owner.tolist()):
+        out[b][small] = full[n][big]
     return out
 
 

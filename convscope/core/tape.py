@@ -46,16 +46,16 @@ class Node:
     saved: dict[str, Tensor] = field(default_factory=dict)
 
     def refs(self) -> Iterator[Ref]:
-        yield from _refs_in(self.args)
-        yield from _refs_in(tuple(self.kwargs.values()))
+        yield from _leaves((*self.args, *self.kwargs.values()), Ref)
 
 
-def _refs_in(values: tuple[Any, ...]) -> Iterator[Ref]:
+def _leaves(values: tuple[Any, ...], kind: type) -> Iterator[Any]:
+    """The values of type `kind` in `values`, looking inside lists and tuples."""
     for v in values:
-        if isinstance(v, Ref):
+        if isinstance(v, kind):
             yield v
         elif isinstance(v, (list, tuple)):
-            yield from _refs_in(tuple(v))
+            yield from _leaves(tuple(v), kind)
 
 
 @dataclass
@@ -327,19 +327,11 @@ def _graft_point(model: nn.Module, template: Sequence[Recording]) -> int | None:
     for i in range(1, top + 1):
         node = tape.nodes[i]
         values = [
-            v for v in _tensors_in((*node.args, *node.kwargs.values())) if id(v) not in weights
+            v for v in _leaves((*node.args, *node.kwargs.values()), Tensor) if id(v) not in weights
         ]
         if node.saved or values:
             last = i
     return last if last < top else None
-
-
-def _tensors_in(values: tuple[Any, ...]) -> Iterator[Tensor]:
-    for v in values:
-        if isinstance(v, Tensor):
-            yield v
-        elif isinstance(v, (list, tuple)):
-            yield from _tensors_in(tuple(v))
 
 
 def _unbatched(shapes: list[torch.Size | None]) -> list[Any]:
